@@ -1,0 +1,130 @@
+"""The values that cross the store boundary.
+
+The job state machine, drawn once::
+
+                 claim (lease, fence+1)            handler returned
+    pending ───────────────────────────► running ─────────────────► succeeded
+       ▲  ▲                               │  │  handler raised, attempts left
+       │  │        run_at = now + backoff │  └──────────────────────► retrying ──┐
+       │  └───────────────────────────────┼───── lease expired, attempts left ──┤
+       │                                  │ attempts exhausted                  │
+       │                                  └─────────────────────────► dead      │
+       │        claim when run_at <= now                                        │
+       └────────────────────────────────────────────────────────────────────────┘
+    pending | retrying | running ── cancel ──► cancelled
+    dead | cancelled ── retry ──► pending
+
+Every write after a claim is fenced: it applies only while the row is still
+``running`` with the ``fence`` the claim returned, so a worker that lost its lease
+cannot complete, fail or extend the job.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .errors import ConfigError
+
+
+class JobState(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED})
+
+
+def check_aware(value: datetime, name: str) -> datetime:
+    """Refuse naive datetimes: oncely never guesses a time zone."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ConfigError(
+            f"{name}={value.isoformat()} has no time zone; pass an aware datetime, "
+            "e.g. datetime.now(timezone.utc)"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job as enqueue builds it: validated, JSON already encoded."""
+
+    task: str
+    args_json: str
+    queue: str
+    priority: int
+    run_at: datetime
+    max_attempts: int
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """A job row as the store returns it."""
+
+    id: int
+    task: str
+    queue: str
+    args: dict[str, Any]
+    key: str | None
+    state: JobState
+    priority: int
+    run_at: datetime
+    created_at: datetime
+    attempt: int
+    max_attempts: int
+    fence: int
+    attempted_at: datetime | None
+    attempted_by: str | None
+    lease_expires_at: datetime | None
+    finished_at: datetime | None
+    result: Any
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        def iso(value: datetime | None) -> str | None:
+            return value.isoformat() if value is not None else None
+
+        return {
+            "id": self.id,
+            "task": self.task,
+            "queue": self.queue,
+            "args": self.args,
+            "key": self.key,
+            "state": str(self.state),
+            "priority": self.priority,
+            "run_at": iso(self.run_at),
+            "created_at": iso(self.created_at),
+            "attempt": self.attempt,
+            "max_attempts": self.max_attempts,
+            "attempted_at": iso(self.attempted_at),
+            "attempted_by": self.attempted_by,
+            "lease_expires_at": iso(self.lease_expires_at),
+            "finished_at": iso(self.finished_at),
+            "result": self.result,
+            "errors": self.errors,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The fenced outcome of one attempt, as the worker hands it to the store.
+
+    ``state`` is succeeded, retrying or dead. ``error_json`` is one entry for the
+    job's error list (None on success); ``run_at`` is the retry time (None unless
+    retrying).
+    """
+
+    id: int
+    fence: int
+    state: JobState
+    at: datetime
+    result_json: str | None = None
+    error_json: str | None = None
+    run_at: datetime | None = None

@@ -1,0 +1,149 @@
+-- Every statement oncely sends to PostgreSQL. One block per statement:
+-- "-- name: <name>" followed by comment lines saying what it does, then the SQL.
+-- Parameters use psycopg's %(name)s style.
+
+-- name: schema_create
+-- The table recording applied migrations.
+CREATE TABLE IF NOT EXISTS oncely_schema (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_at timestamptz NOT NULL
+);
+
+-- name: schema_lock
+-- Serialise migrations across processes for the rest of the transaction.
+SELECT pg_advisory_xact_lock(7244518209114);
+
+-- name: schema_version
+SELECT coalesce(max(version), 0) AS version FROM oncely_schema;
+
+-- name: schema_record
+INSERT INTO oncely_schema (version, name, applied_at) VALUES (%(version)s, %(name)s, %(now)s);
+
+-- name: job_release_key
+-- Let a key go once its succeeded job is older than the retention window.
+UPDATE oncely_jobs SET key_hold = NULL
+WHERE key_hold = %(key)s AND state = 'succeeded' AND finished_at < %(retained_after)s;
+
+-- name: job_insert
+-- Insert a job; a job already holding the same key wins and nothing is inserted.
+INSERT INTO oncely_jobs (task, queue, args, key, key_hold, priority, run_at, created_at, max_attempts)
+VALUES (%(task)s, %(queue)s, %(args)s::jsonb, %(key)s, %(key)s, %(priority)s, %(run_at)s, %(now)s, %(max_attempts)s)
+ON CONFLICT (key_hold) DO NOTHING
+RETURNING *;
+
+-- name: job_get_by_key
+-- The job currently holding a key.
+SELECT * FROM oncely_jobs WHERE key_hold = %(key)s;
+
+-- name: job_insert_many
+-- Bulk insert of jobs without keys.
+INSERT INTO oncely_jobs (task, queue, args, priority, run_at, created_at, max_attempts)
+SELECT t.task, t.queue, t.args::jsonb, t.priority, t.run_at, %(now)s, t.max_attempts
+FROM unnest(%(tasks)s::text[], %(queues)s::text[], %(args)s::text[], %(priorities)s::smallint[],
+            %(run_ats)s::timestamptz[], %(max_attempts)s::integer[])
+    AS t(task, queue, args, priority, run_at, max_attempts)
+RETURNING id;
+
+-- name: job_claim
+-- Claim up to %(limit)s due jobs of the given tasks in priority order, skipping rows
+-- another worker holds. Each claimed job gets a lease and a new fence.
+WITH picked AS (
+    SELECT id FROM oncely_jobs
+    WHERE state IN ('pending', 'retrying') AND run_at <= %(now)s
+      AND task = ANY(%(tasks)s::text[])
+      AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+    ORDER BY priority, run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE oncely_jobs AS j
+SET state = 'running', attempt = j.attempt + 1, fence = j.fence + 1,
+    attempted_at = %(now)s, attempted_by = %(worker)s, lease_expires_at = %(lease_until)s
+FROM picked
+WHERE j.id = picked.id
+RETURNING j.*;
+
+-- name: job_heartbeat
+-- Extend the leases of jobs this worker still holds; returns the ids it still holds.
+UPDATE oncely_jobs AS j SET lease_expires_at = %(lease_until)s
+FROM unnest(%(ids)s::bigint[], %(fences)s::integer[]) AS h(id, fence)
+WHERE j.id = h.id AND j.fence = h.fence AND j.state = 'running'
+RETURNING j.id;
+
+-- name: job_complete
+-- Apply attempt outcomes, fenced: a row is written only while it is still running
+-- under the fence of the claim. Returns the ids written; the others lost their lease.
+UPDATE oncely_jobs AS j
+SET state = c.state,
+    result = c.result::jsonb,
+    run_at = coalesce(c.run_at, j.run_at),
+    finished_at = CASE WHEN c.state IN ('succeeded', 'dead') THEN c.at END,
+    lease_expires_at = NULL,
+    errors = CASE WHEN c.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(c.error::jsonb) END,
+    key_hold = CASE WHEN c.state = 'dead' THEN NULL ELSE j.key_hold END
+FROM unnest(%(ids)s::bigint[], %(fences)s::integer[], %(states)s::text[], %(results)s::text[],
+            %(errors)s::text[], %(run_ats)s::timestamptz[], %(ats)s::timestamptz[])
+    AS c(id, fence, state, result, error, run_at, at)
+WHERE j.id = c.id AND j.fence = c.fence AND j.state = 'running'
+RETURNING j.id;
+
+-- name: job_rescue
+-- Jobs whose lease expired (the worker died or stalled) become claimable again, or
+-- dead when that was their last attempt. The lost attempt is recorded as an error.
+UPDATE oncely_jobs AS j
+SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'dead' ELSE 'retrying' END,
+    finished_at = CASE WHEN j.attempt >= j.max_attempts THEN %(now)s::timestamptz END,
+    run_at = %(now)s,
+    lease_expires_at = NULL,
+    key_hold = CASE WHEN j.attempt >= j.max_attempts THEN NULL ELSE j.key_hold END,
+    errors = j.errors || jsonb_build_array(jsonb_build_object(
+        'attempt', j.attempt, 'at', %(now)s::timestamptz, 'started_at', j.attempted_at,
+        'worker', j.attempted_by,
+        'error', 'LeaseExpired: the worker stopped renewing its lease (it died or stalled)'))
+FROM (
+    SELECT id FROM oncely_jobs
+    WHERE state = 'running' AND lease_expires_at <= %(now)s
+    ORDER BY lease_expires_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+) AS expired
+WHERE j.id = expired.id
+RETURNING j.id, j.state, j.attempted_by;
+
+-- name: job_get
+SELECT * FROM oncely_jobs WHERE id = %(id)s;
+
+-- name: job_list
+-- Newest first, keyset-paginated by id.
+SELECT * FROM oncely_jobs
+WHERE (%(state)s::text IS NULL OR state = %(state)s::text)
+  AND (%(task)s::text IS NULL OR task = %(task)s::text)
+  AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: job_count_due
+SELECT count(*) AS n FROM oncely_jobs
+WHERE state IN ('pending', 'retrying') AND run_at <= %(now)s
+  AND task = ANY(%(tasks)s::text[])
+  AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]));
+
+-- name: job_count_by_state
+SELECT state, count(*) AS n FROM oncely_jobs GROUP BY state;
+
+-- name: job_cancel
+-- Cancel a job that has not finished. A running handler is not interrupted, but its
+-- completion is fenced out because the row is no longer running.
+UPDATE oncely_jobs
+SET state = 'cancelled', finished_at = %(now)s, lease_expires_at = NULL, key_hold = NULL
+WHERE id = %(id)s AND state IN ('pending', 'retrying', 'running')
+RETURNING *;
+
+-- name: job_retry
+-- Run a dead or cancelled job again now, with at least one more attempt.
+UPDATE oncely_jobs
+SET state = 'pending', run_at = %(now)s, finished_at = NULL, key_hold = key,
+    max_attempts = greatest(max_attempts, attempt + 1)
+WHERE id = %(id)s AND state IN ('dead', 'cancelled')
+RETURNING *;

@@ -1,0 +1,131 @@
+-- Every statement oncely sends to SQLite. One block per statement:
+-- "-- name: <name>" followed by comment lines saying what it does, then the SQL.
+-- Parameters use the :name style. Lists arrive as JSON arrays, read with json_each.
+
+-- name: schema_create
+-- The table recording applied migrations.
+CREATE TABLE IF NOT EXISTS oncely_schema (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at TEXT NOT NULL
+);
+
+-- name: schema_version
+SELECT coalesce(max(version), 0) AS version FROM oncely_schema;
+
+-- name: schema_record
+INSERT INTO oncely_schema (version, name, applied_at) VALUES (:version, :name, :now);
+
+-- name: job_release_key
+-- Let a key go once its succeeded job is older than the retention window.
+UPDATE oncely_jobs SET key_hold = NULL
+WHERE key_hold = :key AND state = 'succeeded' AND finished_at < :retained_after;
+
+-- name: job_insert
+-- Insert a job; a job already holding the same key wins and nothing is inserted.
+INSERT INTO oncely_jobs (task, queue, args, key, key_hold, priority, run_at, created_at, max_attempts)
+VALUES (:task, :queue, :args, :key, :key, :priority, :run_at, :now, :max_attempts)
+ON CONFLICT (key_hold) DO NOTHING
+RETURNING *;
+
+-- name: job_get_by_key
+-- The job currently holding a key.
+SELECT * FROM oncely_jobs WHERE key_hold = :key;
+
+-- name: job_insert_many
+-- Insert one job without a key; the store runs it for each job in one transaction.
+INSERT INTO oncely_jobs (task, queue, args, priority, run_at, created_at, max_attempts)
+VALUES (:task, :queue, :args, :priority, :run_at, :now, :max_attempts)
+RETURNING id;
+
+-- name: job_claim
+-- Claim up to :limit due jobs of the given tasks in priority order, inside a
+-- BEGIN IMMEDIATE transaction (SQLite has one writer at a time, so no row is seen
+-- by two claimers). Each claimed job gets a lease and a new fence.
+UPDATE oncely_jobs
+SET state = 'running', attempt = attempt + 1, fence = fence + 1,
+    attempted_at = :now, attempted_by = :worker, lease_expires_at = :lease_until
+WHERE id IN (
+    SELECT id FROM oncely_jobs
+    WHERE state IN ('pending', 'retrying') AND run_at <= :now
+      AND task IN (SELECT value FROM json_each(:tasks))
+      AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
+    ORDER BY priority, run_at, id
+    LIMIT :limit
+)
+RETURNING *;
+
+-- name: job_heartbeat
+-- Extend the lease of one job this worker still holds.
+UPDATE oncely_jobs SET lease_expires_at = :lease_until
+WHERE id = :id AND fence = :fence AND state = 'running';
+
+-- name: job_complete
+-- Apply one attempt's outcome, fenced: written only while the row is still running
+-- under the fence of the claim.
+UPDATE oncely_jobs
+SET state = :state,
+    result = :result,
+    run_at = coalesce(:run_at, run_at),
+    finished_at = CASE WHEN :state IN ('succeeded', 'dead') THEN :at END,
+    lease_expires_at = NULL,
+    errors = CASE WHEN :error IS NULL THEN errors ELSE json_insert(errors, '$[#]', json(:error)) END,
+    key_hold = CASE WHEN :state = 'dead' THEN NULL ELSE key_hold END
+WHERE id = :id AND fence = :fence AND state = 'running';
+
+-- name: job_rescue
+-- Jobs whose lease expired (the worker died or stalled) become claimable again, or
+-- dead when that was their last attempt. The lost attempt is recorded as an error.
+UPDATE oncely_jobs
+SET state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'retrying' END,
+    finished_at = CASE WHEN attempt >= max_attempts THEN :now END,
+    run_at = :now,
+    lease_expires_at = NULL,
+    key_hold = CASE WHEN attempt >= max_attempts THEN NULL ELSE key_hold END,
+    errors = json_insert(errors, '$[#]', json_object(
+        'attempt', attempt, 'at', :now, 'started_at', attempted_at, 'worker', attempted_by,
+        'error', 'LeaseExpired: the worker stopped renewing its lease (it died or stalled)'))
+WHERE id IN (
+    SELECT id FROM oncely_jobs
+    WHERE state = 'running' AND lease_expires_at <= :now
+    ORDER BY lease_expires_at
+    LIMIT :limit
+)
+RETURNING id, state, attempted_by;
+
+-- name: job_get
+SELECT * FROM oncely_jobs WHERE id = :id;
+
+-- name: job_list
+-- Newest first, keyset-paginated by id.
+SELECT * FROM oncely_jobs
+WHERE (:state IS NULL OR state = :state)
+  AND (:task IS NULL OR task = :task)
+  AND (:before_id IS NULL OR id < :before_id)
+ORDER BY id DESC
+LIMIT :limit;
+
+-- name: job_count_due
+SELECT count(*) AS n FROM oncely_jobs
+WHERE state IN ('pending', 'retrying') AND run_at <= :now
+  AND task IN (SELECT value FROM json_each(:tasks))
+  AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)));
+
+-- name: job_count_by_state
+SELECT state, count(*) AS n FROM oncely_jobs GROUP BY state;
+
+-- name: job_cancel
+-- Cancel a job that has not finished. A running handler is not interrupted, but its
+-- completion is fenced out because the row is no longer running.
+UPDATE oncely_jobs
+SET state = 'cancelled', finished_at = :now, lease_expires_at = NULL, key_hold = NULL
+WHERE id = :id AND state IN ('pending', 'retrying', 'running')
+RETURNING *;
+
+-- name: job_retry
+-- Run a dead or cancelled job again now, with at least one more attempt.
+UPDATE oncely_jobs
+SET state = 'pending', run_at = :now, finished_at = NULL, key_hold = key,
+    max_attempts = max(max_attempts, attempt + 1)
+WHERE id = :id AND state IN ('dead', 'cancelled')
+RETURNING *;

@@ -1,0 +1,340 @@
+"""The embedded store: SQLite, for one machine.
+
+Limits, stated plainly: SQLite has one writer at a time, so claims are serialised by
+``BEGIN IMMEDIATE`` transactions (short ones: a claim is one UPDATE ... RETURNING).
+Several processes may share one database file on one machine (WAL mode); do not put
+the file on a network file system. Durability follows ``synchronous`` (default FULL:
+a committed job survives a power loss; ``?synchronous=normal`` trades that for speed
+and still survives any process crash). Handler connections that commit with the job's
+completion are a PostgreSQL feature.
+
+All database calls run on one thread owned by the store, so a busy database never
+blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlsplit
+
+from . import queries
+from .errors import ConfigError, SchemaTooNew, StoreError, StoreUnavailable
+from .model import Completion, JobRecord, JobState, NewJob
+from .store import Rescued
+
+T = TypeVar("T")
+Q = queries.load("sqlite")
+_SYNCHRONOUS = ("off", "normal", "full", "extra")
+
+
+def ts(value: datetime) -> str:
+    """The one storage format for times: fixed-width UTC ISO 8601."""
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value is not None else None
+
+
+def to_record(row: sqlite3.Row) -> JobRecord:
+    return JobRecord(
+        id=row["id"],
+        task=row["task"],
+        queue=row["queue"],
+        args=json.loads(row["args"]),
+        key=row["key"],
+        state=JobState(row["state"]),
+        priority=row["priority"],
+        run_at=datetime.fromisoformat(row["run_at"]),
+        created_at=datetime.fromisoformat(row["created_at"]),
+        attempt=row["attempt"],
+        max_attempts=row["max_attempts"],
+        fence=row["fence"],
+        attempted_at=_dt(row["attempted_at"]),
+        attempted_by=row["attempted_by"],
+        lease_expires_at=_dt(row["lease_expires_at"]),
+        finished_at=_dt(row["finished_at"]),
+        result=json.loads(row["result"]) if row["result"] is not None else None,
+        errors=json.loads(row["errors"]),
+    )
+
+
+def insert_on(
+    conn: sqlite3.Connection, job: NewJob, now: datetime, retained_after: datetime
+) -> tuple[JobRecord, bool]:
+    """Insert a job on a connection whose transaction the caller owns.
+
+    Used by the store inside its own transaction, and by ``Oncely.enqueue(conn=...)``
+    so a job commits or rolls back with the caller's other writes.
+    """
+    previous = conn.row_factory
+    conn.row_factory = sqlite3.Row
+    try:
+        if job.key is not None:
+            release = {"key": job.key, "retained_after": ts(retained_after)}
+            conn.execute(Q["job_release_key"], release)
+        params = {
+            "task": job.task, "queue": job.queue, "args": job.args_json, "key": job.key,
+            "priority": job.priority, "run_at": ts(job.run_at), "now": ts(now),
+            "max_attempts": job.max_attempts,
+        }
+        row = conn.execute(Q["job_insert"], params).fetchone()
+        if row is not None:
+            return to_record(row), True
+        existing = conn.execute(Q["job_get_by_key"], {"key": job.key}).fetchone()
+        if existing is None:  # pragma: no cover - the holder vanished inside our transaction
+            raise StoreError(f"job key {job.key!r} conflicted but no job holds it; retry")
+        return to_record(existing), False
+    finally:
+        conn.row_factory = previous
+
+
+class SQLiteStore:
+    dialect = "sqlite"
+
+    def __init__(self, path: str, *, synchronous: str = "full", busy_timeout: float = 30.0):
+        if synchronous not in _SYNCHRONOUS:
+            raise ConfigError(
+                f"sqlite synchronous={synchronous!r} is not one of {', '.join(_SYNCHRONOUS)}"
+            )
+        self.path = path
+        self.synchronous = synchronous
+        self.busy_timeout = busy_timeout
+        self._conn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteStore:
+        parts = urlsplit(url)
+        path = parts.netloc + parts.path
+        path = path[1:] if path.startswith("/") else path
+        if not path:
+            raise ConfigError(
+                f"store URL {url!r} names no file; use sqlite:///oncely.db (relative), "
+                "sqlite:////abs/path.db or sqlite:///:memory:"
+            )
+        options = dict(parse_qsl(parts.query))
+        unknown = set(options) - {"synchronous", "busy_timeout"}
+        if unknown:
+            raise ConfigError(
+                f"store URL {url!r} has unknown option(s) {sorted(unknown)}; "
+                "sqlite accepts synchronous and busy_timeout"
+            )
+        try:
+            timeout = float(options.get("busy_timeout", 30))
+        except ValueError:
+            raise ConfigError(
+                f"busy_timeout={options['busy_timeout']!r} in {url!r} is not a number of seconds"
+            ) from None
+        synchronous = options.get("synchronous", "full").lower()
+        return cls(path, synchronous=synchronous, busy_timeout=timeout)
+
+    # -- plumbing ---------------------------------------------------------------
+
+    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._executor is None or self._conn is None:
+            raise StoreError("the SQLite store is not open; call open() first")
+        conn = self._conn
+
+        def run() -> T:
+            try:
+                return fn(conn)
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc) or "busy" in str(exc):
+                    raise StoreUnavailable(
+                        f"SQLite database {self.path!r} stayed locked for "
+                        f"{self.busy_timeout:g} s; another process holds a long write"
+                    ) from exc
+                raise StoreError(f"SQLite error on {self.path!r}: {exc}") from exc
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite error on {self.path!r}: {exc}") from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, run)
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def in_transaction(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        return await self._call(in_transaction)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def open(self, now: datetime) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oncely-sqlite")
+
+        def connect() -> sqlite3.Connection:
+            try:
+                conn = sqlite3.connect(
+                    self.path, timeout=self.busy_timeout, isolation_level=None,
+                    check_same_thread=False,
+                )
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"cannot open SQLite database {self.path!r}: {exc}") from exc
+            conn.row_factory = sqlite3.Row
+            if self.path != ":memory:":
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+            return conn
+
+        try:
+            self._conn = await asyncio.get_running_loop().run_in_executor(self._executor, connect)
+            await self._write(lambda conn: self._migrate(conn, now))
+        except BaseException:
+            await self.close()
+            raise
+
+    def _migrate(self, conn: sqlite3.Connection, now: datetime) -> None:
+        conn.execute(Q["schema_create"])
+        current = conn.execute(Q["schema_version"]).fetchone()["version"]
+        known = queries.migrations(self.dialect)
+        if current > len(known):
+            raise SchemaTooNew(
+                f"SQLite database {self.path!r} has oncely schema version {current}, "
+                f"newer than this oncely knows ({len(known)}); upgrade oncely"
+            )
+        for migration in known[current:]:
+            for statement in migration.statements:
+                conn.execute(statement)
+            conn.execute(
+                Q["schema_record"],
+                {"version": migration.version, "name": migration.name, "now": ts(now)},
+            )
+
+    async def close(self) -> None:
+        conn, executor = self._conn, self._executor
+        self._conn, self._executor = None, None
+        if executor is not None:
+            if conn is not None:
+                await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+            executor.shutdown(wait=True)
+
+    async def schema_version(self) -> tuple[int, int]:
+        row = await self._call(lambda conn: conn.execute(Q["schema_version"]).fetchone())
+        return int(row["version"]), len(queries.migrations(self.dialect))
+
+    # -- jobs -------------------------------------------------------------------------
+
+    async def job_insert(
+        self, job: NewJob, now: datetime, retained_after: datetime
+    ) -> tuple[JobRecord, bool]:
+        return await self._write(lambda conn: insert_on(conn, job, now, retained_after))
+
+    async def job_insert_many(self, jobs: Sequence[NewJob], now: datetime) -> list[int]:
+        rows = [
+            {"task": j.task, "queue": j.queue, "args": j.args_json, "priority": j.priority,
+             "run_at": ts(j.run_at), "now": ts(now), "max_attempts": j.max_attempts}
+            for j in jobs
+        ]
+
+        def insert(conn: sqlite3.Connection) -> list[int]:
+            return [conn.execute(Q["job_insert_many"], row).fetchone()[0] for row in rows]
+
+        return await self._write(insert)
+
+    async def job_claim(
+        self, *, tasks: Sequence[str], queues: Sequence[str] | None, limit: int, worker: str,
+        now: datetime, lease_until: datetime,
+    ) -> list[JobRecord]:
+        params = {
+            "tasks": json.dumps(list(tasks)),
+            "queues": json.dumps(list(queues)) if queues is not None else None,
+            "limit": limit, "worker": worker, "now": ts(now), "lease_until": ts(lease_until),
+        }
+
+        def claim(conn: sqlite3.Connection) -> list[JobRecord]:
+            return [to_record(row) for row in conn.execute(Q["job_claim"], params).fetchall()]
+
+        jobs = await self._write(claim)
+        jobs.sort(key=lambda j: (j.priority, j.run_at, j.id))
+        return jobs
+
+    async def job_heartbeat(
+        self, leases: Sequence[tuple[int, int]], lease_until: datetime
+    ) -> set[int]:
+        until = ts(lease_until)
+
+        def beat(conn: sqlite3.Connection) -> set[int]:
+            held = set()
+            for job_id, fence in leases:
+                cur = conn.execute(
+                    Q["job_heartbeat"], {"id": job_id, "fence": fence, "lease_until": until}
+                )
+                if cur.rowcount == 1:
+                    held.add(job_id)
+            return held
+
+        return await self._write(beat)
+
+    async def job_complete(self, completions: Sequence[Completion]) -> set[int]:
+        def complete(conn: sqlite3.Connection) -> set[int]:
+            written = set()
+            for c in completions:
+                cur = conn.execute(Q["job_complete"], {
+                    "id": c.id, "fence": c.fence, "state": str(c.state), "result": c.result_json,
+                    "error": c.error_json, "run_at": ts(c.run_at) if c.run_at else None,
+                    "at": ts(c.at),
+                })
+                if cur.rowcount == 1:
+                    written.add(c.id)
+            return written
+
+        return await self._write(complete)
+
+    async def job_rescue(self, now: datetime, limit: int = 1000) -> list[Rescued]:
+        def rescue(conn: sqlite3.Connection) -> list[Rescued]:
+            rows = conn.execute(Q["job_rescue"], {"now": ts(now), "limit": limit}).fetchall()
+            return [Rescued(r["id"], JobState(r["state"]), r["attempted_by"]) for r in rows]
+
+        return await self._write(rescue)
+
+    async def _one(self, name: str, params: dict[str, Any], write: bool) -> JobRecord | None:
+        def one(conn: sqlite3.Connection) -> JobRecord | None:
+            row = conn.execute(Q[name], params).fetchone()
+            return to_record(row) if row is not None else None
+
+        return await (self._write(one) if write else self._call(one))
+
+    async def job_get(self, job_id: int) -> JobRecord | None:
+        return await self._one("job_get", {"id": job_id}, write=False)
+
+    async def job_list(
+        self, *, state: JobState | None = None, task: str | None = None,
+        before_id: int | None = None, limit: int = 50,
+    ) -> list[JobRecord]:
+        params = {"state": str(state) if state else None, "task": task,
+                  "before_id": before_id, "limit": limit}
+        return await self._call(
+            lambda conn: [to_record(r) for r in conn.execute(Q["job_list"], params).fetchall()]
+        )
+
+    async def job_count_due(
+        self, *, tasks: Sequence[str], queues: Sequence[str] | None, now: datetime
+    ) -> int:
+        params = {"tasks": json.dumps(list(tasks)),
+                  "queues": json.dumps(list(queues)) if queues is not None else None,
+                  "now": ts(now)}
+        row = await self._call(lambda conn: conn.execute(Q["job_count_due"], params).fetchone())
+        return int(row["n"])
+
+    async def job_count_by_state(self) -> dict[JobState, int]:
+        rows = await self._call(lambda conn: conn.execute(Q["job_count_by_state"]).fetchall())
+        return {JobState(r["state"]): int(r["n"]) for r in rows}
+
+    async def job_cancel(self, job_id: int, now: datetime) -> JobRecord | None:
+        return await self._one("job_cancel", {"id": job_id, "now": ts(now)}, write=True)
+
+    async def job_retry(self, job_id: int, now: datetime) -> JobRecord | None:
+        return await self._one("job_retry", {"id": job_id, "now": ts(now)}, write=True)

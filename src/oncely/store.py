@@ -1,0 +1,114 @@
+"""The storage seam: one small interface, named for domain operations, time passed in.
+
+Both stores (``sqlite_store``, ``postgres_store``) implement ``Store``; one
+conformance suite (``tests/test_store.py``) runs against each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+from .model import Completion, JobRecord, JobState, NewJob
+
+
+@dataclass(frozen=True, slots=True)
+class Rescued:
+    id: int
+    state: JobState
+    worker: str | None
+
+
+class Store(Protocol):
+    """What the engine needs from a database. Every method is one short transaction."""
+
+    dialect: str
+
+    async def open(self, now: datetime) -> None:
+        """Connect and apply pending migrations; refuse a schema newer than this code."""
+
+    async def close(self) -> None: ...
+
+    async def schema_version(self) -> tuple[int, int]:
+        """(version in the store, version this code knows)."""
+
+    async def job_insert(
+        self, job: NewJob, now: datetime, retained_after: datetime
+    ) -> tuple[JobRecord, bool]:
+        """Insert a job, or return the job holding its key: (job, created)."""
+
+    async def job_insert_many(self, jobs: Sequence[NewJob], now: datetime) -> list[int]:
+        """Insert jobs without keys in one round trip; returns their ids."""
+
+    async def job_claim(
+        self,
+        *,
+        tasks: Sequence[str],
+        queues: Sequence[str] | None,
+        limit: int,
+        worker: str,
+        now: datetime,
+        lease_until: datetime,
+    ) -> list[JobRecord]: ...
+
+    async def job_heartbeat(
+        self, leases: Sequence[tuple[int, int]], lease_until: datetime
+    ) -> set[int]:
+        """Extend leases given as (id, fence); returns the ids still held."""
+
+    async def job_complete(self, completions: Sequence[Completion]) -> set[int]:
+        """Apply outcomes, fenced; returns the ids written."""
+
+    async def job_rescue(self, now: datetime, limit: int = 1000) -> list[Rescued]:
+        """Release jobs whose lease expired before ``now``."""
+
+    async def job_get(self, job_id: int) -> JobRecord | None: ...
+
+    async def job_list(
+        self,
+        *,
+        state: JobState | None = None,
+        task: str | None = None,
+        before_id: int | None = None,
+        limit: int = 50,
+    ) -> list[JobRecord]: ...
+
+    async def job_count_due(
+        self, *, tasks: Sequence[str], queues: Sequence[str] | None, now: datetime
+    ) -> int: ...
+
+    async def job_count_by_state(self) -> dict[JobState, int]: ...
+
+    async def job_cancel(self, job_id: int, now: datetime) -> JobRecord | None: ...
+
+    async def job_retry(self, job_id: int, now: datetime) -> JobRecord | None: ...
+
+
+def open_store(url: str) -> Store:
+    """A store for ``sqlite:///path.db``, ``sqlite:///:memory:`` or ``postgresql://...``."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "sqlite":
+        from .sqlite_store import SQLiteStore
+
+        return SQLiteStore.from_url(url)
+    if scheme in ("postgresql", "postgres"):
+        from .postgres_store import PostgresStore
+
+        return PostgresStore.from_url(url)
+    raise ConfigError(
+        f"store URL {redact(url)!r} has an unsupported scheme {scheme!r}; "
+        "use sqlite:///path/to/oncely.db or postgresql://user@host/dbname"
+    )
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()

@@ -222,7 +222,7 @@ async def test_opening_again_applies_no_migration_twice(store_url: str) -> None:
     for _ in range(2):
         s = open_store(store_url)
         await s.open(T0)
-        assert await s.schema_version() == (1, 1)
+        assert await s.schema_version() == (2, 2)
         await s.close()
 
 
@@ -239,3 +239,33 @@ async def test_a_schema_newer_than_the_code_refuses_to_start(store: Store, store
     fresh = open_store(store_url)
     with pytest.raises(SchemaTooNew, match="version 99, newer than this oncely knows"):
         await fresh.open(T0)
+
+
+async def test_a_trigger_identity_runs_once_and_is_taken_over_only_when_abandoned(
+    store: Store,
+) -> None:
+    args = {"id": "t1", "route": "process", "identity": "idempotency-key:x"}
+    first = await store.trigger_begin(**args, worker="a", now=T0, lease_until=T0 + LEASE)
+    assert first is not None and first.state == "running" and first.fence == 1
+    assert await store.trigger_begin(**args, worker="b", now=T0, lease_until=T0 + LEASE) is None
+    late = T0 + LEASE
+    taken = await store.trigger_begin(**args, worker="b", now=late, lease_until=late + LEASE)
+    assert taken is not None and taken.worker == "b" and taken.fence == 2
+    assert not await store.trigger_finish(first, state="done", summary_json="{}", now=late)
+    assert await store.trigger_finish(taken, state="done", summary_json='{"claimed": 3}',
+                                      now=late)
+    done = await store.trigger_get("t1")
+    assert done is not None and done.state == "done" and done.summary == {"claimed": 3}
+    much_later = late + LEASE * 10
+    assert await store.trigger_begin(**args, worker="c", now=much_later,
+                                     lease_until=much_later + LEASE) is None
+
+
+async def test_a_failed_trigger_may_run_again(store: Store) -> None:
+    args = {"id": "t2", "route": "process", "identity": "fresh:1"}
+    first = await store.trigger_begin(**args, worker="a", now=T0, lease_until=T0 + LEASE)
+    assert first is not None
+    assert await store.trigger_finish(first, state="failed", summary_json=None, now=T0)
+    again = await store.trigger_begin(**args, worker="b", now=T0, lease_until=T0 + LEASE)
+    assert again is not None and again.fence == 2 and again.summary is None
+    assert await store.trigger_get("missing") is None

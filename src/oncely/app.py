@@ -367,8 +367,13 @@ class Oncely:
         return self._executor
 
     async def aprocess(
-        self, *, budget: float = 25.0, queues: Sequence[str] | None = None,
-        concurrency: int | None = None, rng: random.Random | None = None,
+        self,
+        *,
+        budget: float = 25.0,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        rng: random.Random | None = None,
+        trigger_id: str | None = None,
     ) -> Summary:
         """Claim and run due jobs until none are due or ``budget`` seconds have passed
         (then stop claiming and finish what is running). Returns a ``Summary``."""
@@ -379,10 +384,17 @@ class Oncely:
         if not self._tasks:
             raise ConfigError("no tasks are registered; decorate handlers with @jobs.task")
         runner = Runner(
-            store=store, tasks=self._tasks, worker=self.worker_id, clock=self.clock,
-            concurrency=concurrency or self.settings.concurrency, lease=self.settings.lease,
-            batch_size=self.settings.batch_size, queues=queues,
-            executor=self._handler_threads(), rng=rng,
+            store=store,
+            tasks=self._tasks,
+            worker=self.worker_id,
+            clock=self.clock,
+            concurrency=concurrency or self.settings.concurrency,
+            lease=self.settings.lease,
+            batch_size=self.settings.batch_size,
+            queues=queues,
+            executor=self._handler_threads(),
+            rng=rng,
+            context={"trigger_id": trigger_id} if trigger_id else None,
         )
         return await runner.run(budget)
 
@@ -392,6 +404,22 @@ class Oncely:
     ) -> Summary:
         return self._portal.run(self.aprocess(budget=budget, queues=queues,
                                               concurrency=concurrency))
+
+    # -- HTTP ---------------------------------------------------------------------------
+
+    def install(self, app: Any, *, auth: Any = None) -> None:
+        """Add oncely's endpoints (``/jobs/...``, ``/healthz``, ``/readyz``) to a Starlette
+        or FastAPI app. ``auth``: an ``oncely.auth.Authenticator``; default: from the
+        environment (``ONCELY_TOKENS``, ...)."""
+        from .endpoints import install
+
+        install(self, app, auth=auth)
+
+    def asgi(self, *, auth: Any = None) -> Any:
+        """oncely's endpoints as a Starlette app of their own."""
+        from .endpoints import create_app
+
+        return create_app(self, auth=auth)
 
     # -- inspect and manage -------------------------------------------------------------
 

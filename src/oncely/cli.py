@@ -76,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     process.add_argument("--queue", action="append", dest="queues", help="only these queues")
     process.add_argument("--concurrency", type=int)
 
+    serve = sub.add_parser("serve", parents=[common], help="serve the HTTP endpoints")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+
     jobs = sub.add_parser("jobs", parents=[common], help="list jobs, newest first")
     jobs.add_argument("--state")
     jobs.add_argument("--task")
@@ -129,6 +134,18 @@ async def _run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logs.configure(args.log_level)
+    if args.command == "serve":
+        from .serve import serve
+
+        try:
+            load_app(args.app, args.store)  # fail here, with one line, not in each worker
+        except OncelyError as exc:
+            print(f"oncely: error: {exc}", file=sys.stderr)
+            return 1
+        log_level = "INFO" if args.log_level == "WARNING" else args.log_level
+        serve(args.app, args.store, host=args.host, port=args.port, workers=args.workers,
+              log_level=log_level)
+        return 0
     try:
         return asyncio.run(_run(args))
     except OncelyError as exc:

@@ -128,3 +128,31 @@ class Completion:
     result_json: str | None = None
     error_json: str | None = None
     run_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerRecord:
+    """One trigger identity's run: ``running``, ``done`` (with its summary) or ``failed``."""
+
+    id: str
+    route: str
+    identity: str
+    state: str
+    fence: int
+    worker: str
+    started_at: datetime
+    lease_expires_at: datetime
+    finished_at: datetime | None
+    summary: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "trigger_id": self.id,
+            "route": self.route,
+            "identity": self.identity,
+            "state": self.state,
+            "worker": self.worker,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "summary": self.summary,
+        }

@@ -21,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import queries
 from .errors import ConfigError, SchemaTooNew, StoreError, StoreUnavailable
-from .model import Completion, JobRecord, JobState, NewJob
+from .model import Completion, JobRecord, JobState, NewJob, TriggerRecord
 from .store import Rescued, redact
 
 Q = queries.load("postgres")
@@ -36,6 +36,21 @@ def to_record(row: DictRow) -> JobRecord:
         fence=row["fence"], attempted_at=row["attempted_at"], attempted_by=row["attempted_by"],
         lease_expires_at=row["lease_expires_at"], finished_at=row["finished_at"],
         result=row["result"], errors=row["errors"],
+    )
+
+
+def to_trigger(row: DictRow) -> TriggerRecord:
+    return TriggerRecord(
+        id=row["id"],
+        route=row["route"],
+        identity=row["identity"],
+        state=row["state"],
+        fence=row["fence"],
+        worker=row["worker"],
+        started_at=row["started_at"],
+        lease_expires_at=row["lease_expires_at"],
+        finished_at=row["finished_at"],
+        summary=row["summary"],
     )
 
 
@@ -308,4 +323,46 @@ class PostgresStore:
     async def job_retry(self, job_id: int, now: datetime) -> JobRecord | None:
         return await self._job("job_retry", {"id": job_id, "now": now})
 
+    # -- triggers -------------------------------------------------------------------
 
+    async def trigger_begin(
+        self,
+        *,
+        id: str,
+        route: str,
+        identity: str,
+        worker: str,
+        now: datetime,
+        lease_until: datetime,
+    ) -> TriggerRecord | None:
+        rows = await self._rows(
+            "trigger_begin",
+            {
+                "id": id,
+                "route": route,
+                "identity": identity,
+                "worker": worker,
+                "now": now,
+                "lease_until": lease_until,
+            },
+        )
+        return to_trigger(rows[0]) if rows else None
+
+    async def trigger_finish(
+        self, trigger: TriggerRecord, *, state: str, summary_json: str | None, now: datetime
+    ) -> bool:
+        rows = await self._rows(
+            "trigger_finish",
+            {
+                "id": trigger.id,
+                "fence": trigger.fence,
+                "state": state,
+                "summary": summary_json,
+                "now": now,
+            },
+        )
+        return bool(rows)
+
+    async def trigger_get(self, trigger_id: str) -> TriggerRecord | None:
+        rows = await self._rows("trigger_get", {"id": trigger_id})
+        return to_trigger(rows[0]) if rows else None

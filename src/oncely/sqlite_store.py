@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from . import queries
 from .errors import ConfigError, SchemaTooNew, StoreError, StoreUnavailable
-from .model import Completion, JobRecord, JobState, NewJob
+from .model import Completion, JobRecord, JobState, NewJob, TriggerRecord
 from .store import Rescued
 
 T = TypeVar("T")
@@ -62,6 +62,21 @@ def to_record(row: sqlite3.Row) -> JobRecord:
         finished_at=_dt(row["finished_at"]),
         result=json.loads(row["result"]) if row["result"] is not None else None,
         errors=json.loads(row["errors"]),
+    )
+
+
+def to_trigger(row: sqlite3.Row) -> TriggerRecord:
+    return TriggerRecord(
+        id=row["id"],
+        route=row["route"],
+        identity=row["identity"],
+        state=row["state"],
+        fence=row["fence"],
+        worker=row["worker"],
+        started_at=datetime.fromisoformat(row["started_at"]),
+        lease_expires_at=datetime.fromisoformat(row["lease_expires_at"]),
+        finished_at=_dt(row["finished_at"]),
+        summary=json.loads(row["summary"]) if row["summary"] is not None else None,
     )
 
 
@@ -338,3 +353,51 @@ class SQLiteStore:
 
     async def job_retry(self, job_id: int, now: datetime) -> JobRecord | None:
         return await self._one("job_retry", {"id": job_id, "now": ts(now)}, write=True)
+
+    # -- triggers -------------------------------------------------------------------
+
+    async def trigger_begin(
+        self,
+        *,
+        id: str,
+        route: str,
+        identity: str,
+        worker: str,
+        now: datetime,
+        lease_until: datetime,
+    ) -> TriggerRecord | None:
+        params = {
+            "id": id,
+            "route": route,
+            "identity": identity,
+            "worker": worker,
+            "now": ts(now),
+            "lease_until": ts(lease_until),
+        }
+
+        def begin(conn: sqlite3.Connection) -> TriggerRecord | None:
+            row = conn.execute(Q["trigger_begin"], params).fetchone()
+            return to_trigger(row) if row is not None else None
+
+        return await self._write(begin)
+
+    async def trigger_finish(
+        self, trigger: TriggerRecord, *, state: str, summary_json: str | None, now: datetime
+    ) -> bool:
+        params = {
+            "id": trigger.id,
+            "fence": trigger.fence,
+            "state": state,
+            "summary": summary_json,
+            "now": ts(now),
+        }
+        return await self._write(
+            lambda conn: conn.execute(Q["trigger_finish"], params).fetchone() is not None
+        )
+
+    async def trigger_get(self, trigger_id: str) -> TriggerRecord | None:
+        def get(conn: sqlite3.Connection) -> TriggerRecord | None:
+            row = conn.execute(Q["trigger_get"], {"id": trigger_id}).fetchone()
+            return to_trigger(row) if row is not None else None
+
+        return await self._call(get)

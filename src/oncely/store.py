@@ -13,7 +13,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
-from .model import Completion, JobRecord, JobState, NewJob
+from .model import Completion, JobRecord, JobState, NewJob, TriggerRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +86,26 @@ class Store(Protocol):
     async def job_cancel(self, job_id: int, now: datetime) -> JobRecord | None: ...
 
     async def job_retry(self, job_id: int, now: datetime) -> JobRecord | None: ...
+
+    async def trigger_begin(
+        self,
+        *,
+        id: str,
+        route: str,
+        identity: str,
+        worker: str,
+        now: datetime,
+        lease_until: datetime,
+    ) -> TriggerRecord | None:
+        """Start (or take over a failed or abandoned) trigger; None if it is done or
+        still running elsewhere."""
+
+    async def trigger_finish(
+        self, trigger: TriggerRecord, *, state: str, summary_json: str | None, now: datetime
+    ) -> bool:
+        """Record the end of a trigger run, fenced; False if another run took it over."""
+
+    async def trigger_get(self, trigger_id: str) -> TriggerRecord | None: ...
 
 
 def open_store(url: str) -> Store:

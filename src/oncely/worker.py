@@ -97,9 +97,19 @@ class Job:
 
 class Runner:
     def __init__(
-        self, *, store: Store, tasks: Mapping[str, Task], worker: str, clock: Clock,
-        concurrency: int, lease: timedelta, batch_size: int, queues: Sequence[str] | None,
-        executor: Executor, rng: random.Random | None = None,
+        self,
+        *,
+        store: Store,
+        tasks: Mapping[str, Task],
+        worker: str,
+        clock: Clock,
+        concurrency: int,
+        lease: timedelta,
+        batch_size: int,
+        queues: Sequence[str] | None,
+        executor: Executor,
+        rng: random.Random | None = None,
+        context: Mapping[str, Any] | None = None,
     ):
         self.store = store
         self.tasks = tasks
@@ -111,6 +121,7 @@ class Runner:
         self.queues = list(queues) if queues is not None else None
         self.executor = executor
         self.rng = rng or random.Random()
+        self.context = dict(context or {})
         self.loop = asyncio.get_running_loop()
         self.summary = Summary()
         self._running: dict[asyncio.Task[tuple[Completion, bool | None]], Job] = {}
@@ -255,8 +266,14 @@ class Runner:
 
     def _account(self, job: Job, completion: Completion, written: bool) -> None:
         s = self.summary
-        fields = {"job_id": job.id, "task": job.task, "attempt": job.attempt,
-                  "worker": self.worker, "key": job.key}
+        fields = {
+            "job_id": job.id,
+            "task": job.task,
+            "attempt": job.attempt,
+            "worker": self.worker,
+            "key": job.key,
+            **self.context,
+        }
         if not written:
             s.fenced_out += 1
             log.warning(

@@ -147,3 +147,26 @@ SET state = 'pending', run_at = %(now)s, finished_at = NULL, key_hold = key,
     max_attempts = greatest(max_attempts, attempt + 1)
 WHERE id = %(id)s AND state IN ('dead', 'cancelled')
 RETURNING *;
+
+-- name: trigger_begin
+-- Start a trigger. A new identity inserts a running row; an identity whose earlier
+-- run failed, or whose replica died (lease expired), is taken over with a new fence.
+-- No row comes back when the identity is done or still running elsewhere.
+INSERT INTO oncely_triggers AS t (id, route, identity, state, worker, started_at, lease_expires_at)
+VALUES (%(id)s, %(route)s, %(identity)s, 'running', %(worker)s, %(now)s, %(lease_until)s)
+ON CONFLICT (id) DO UPDATE
+SET state = 'running', fence = t.fence + 1, worker = excluded.worker,
+    started_at = excluded.started_at, lease_expires_at = excluded.lease_expires_at,
+    finished_at = NULL, summary = NULL
+WHERE t.state = 'failed' OR (t.state = 'running' AND t.lease_expires_at <= excluded.started_at)
+RETURNING *;
+
+-- name: trigger_finish
+-- Record how a trigger ended, fenced like a job completion.
+UPDATE oncely_triggers
+SET state = %(state)s, finished_at = %(now)s, summary = %(summary)s::jsonb
+WHERE id = %(id)s AND fence = %(fence)s AND state = 'running'
+RETURNING id;
+
+-- name: trigger_get
+SELECT * FROM oncely_triggers WHERE id = %(id)s;

@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -52,6 +53,14 @@ class App:
         @self.jobs.task
         def gated(*, job: Job) -> None:
             self.gate.wait(20)
+            self.ran.append(job.id)
+
+        @self.jobs.periodic(every="1h")
+        def hourly(*, job: Job) -> None:
+            self.ran.append(job.id)
+
+        @self.jobs.periodic(every="1s")
+        def pulse(*, job: Job) -> None:
             self.ran.append(job.id)
 
         self.asgi = self.jobs.asgi(auth=auth or Authenticator([BearerTokenVerifier([TOKEN])]))
@@ -193,6 +202,70 @@ def test_one_log_line_per_trigger_and_per_job_names_replica_trigger_and_jobs(
     assert trigger.job_ids == [job["id"]]  # type: ignore[attr-defined]
     assert ran.job_id == job["id"] and ran.worker == "replica-1"  # type: ignore[attr-defined]
     assert ran.trigger_id == summary["trigger_id"]  # type: ignore[attr-defined]
+
+
+# -- schedules ------------------------------------------------------------------------------
+
+
+def test_tick_enqueues_the_due_occurrence_once_and_a_retried_tick_replays(
+    app: App, client: httpx.Client
+) -> None:
+    tick = {**AUTH, "X-CloudScheduler-JobName": "oncely-tick",
+            "X-CloudScheduler-ScheduleTime": "2026-11-29T12:00:00Z"}
+    first = client.post("/jobs/tick", headers=tick).json()
+    assert [e["task"] for e in first["enqueued"]] == ["pulse"]
+    assert first["succeeded"] == 1 and first["replayed"] is False
+    again = client.post("/jobs/tick", headers=tick).json()
+    assert again["replayed"] is True and again["enqueued"] == first["enqueued"]
+    assert len(app.ran) == 1
+
+
+def test_run_task_runs_the_occurrence_the_scheduler_names_once(
+    app: App, client: httpx.Client
+) -> None:
+    headers = {**AUTH, "X-CloudScheduler-JobName": "hourly",
+               "X-CloudScheduler-ScheduleTime": "2026-11-29T11:00:00Z"}
+    first = client.post("/jobs/run/hourly", headers=headers).json()
+    assert first["enqueued"] == [{"task": "hourly", "scheduled_for": "2026-11-29T11:00:00+00:00",
+                                  "job_id": first["job_ids"][0]}]
+    assert client.post("/jobs/run/hourly", headers=headers).json()["replayed"] is True
+    # the same occurrence named by another identity is still recorded only once
+    via_query = client.post("/jobs/run/hourly?at=2026-11-29T11:30:00Z", headers=AUTH).json()
+    assert via_query["enqueued"] == [] and via_query["claimed"] == 0
+    assert "periodic tasks: hourly, pulse" in problem(
+        client.post("/jobs/run/welcome", headers=AUTH), 404)["detail"]
+    assert "RFC 3339" in problem(client.post("/jobs/run/hourly?at=yesterday", headers=AUTH),
+                                 400)["detail"]
+    schedules = {s["task"]: s for s in client.get("/jobs/schedules", headers=AUTH).json()[
+        "schedules"]}
+    assert schedules["hourly"]["last_occurrence"] == "2026-11-29T11:00:00+00:00"
+    assert schedules["hourly"]["schedule"] == "every 1h"
+
+
+def test_schedules_can_be_paused_resumed_and_run_now_over_http(client: httpx.Client) -> None:
+    paused = client.post("/jobs/schedules/hourly/pause", headers=AUTH).json()
+    assert paused["task"] == "hourly" and paused["paused"] is True
+    assert client.post("/jobs/schedules/hourly/resume", headers=AUTH).json()["paused"] is False
+    extra = client.post("/jobs/schedules/hourly/run-now", headers=AUTH)
+    assert extra.status_code == 201 and extra.json()["task"] == "hourly"
+    problem(client.post("/jobs/schedules/hourly/explode", headers=AUTH), 404)
+    problem(client.post("/jobs/schedules/welcome/pause", headers=AUTH), 422)
+
+
+def test_readyz_reports_missed_occurrences_without_failing(store_url: str) -> None:
+    from conftest import FakeClock
+
+    clock = FakeClock(datetime(2026, 11, 29, 12, 0, 30, tzinfo=UTC))
+    a = App(store_url, clock=clock)
+    with ThreadServer(a.asgi) as server, httpx.Client(base_url=server.url) as c:
+        assert c.get("/readyz").json()["missed"] == {}  # first sight of the schedules
+        clock.advance(3 * 3600)
+        ready = c.get("/readyz")
+        assert ready.status_code == 200
+        # 15:00 is due but still within its 2-minute grace at 15:00:30
+        assert ready.json()["missed"]["hourly"] == ["2026-11-29T13:00:00+00:00",
+                                                    "2026-11-29T14:00:00+00:00"]
+    a.jobs.close()
 
 
 # -- admin endpoints ------------------------------------------------------------------------
@@ -395,11 +468,14 @@ def test_install_works_on_a_plain_starlette_app_and_keeps_its_own_health(store_u
 def test_the_openapi_document_lists_every_endpoint(client: httpx.Client) -> None:
     doc = client.get("/openapi.json").json()
     assert doc["openapi"].startswith("3.1")
-    assert set(doc["paths"]) == {"/jobs/process", "/jobs/triggers/{trigger_id}", "/jobs",
+    assert set(doc["paths"]) == {"/jobs/process", "/jobs/tick", "/jobs/run/{task}",
+                                 "/jobs/schedules", "/jobs/schedules/{task}/{action}",
+                                 "/jobs/events", "/jobs/hooks/{name}", "/jobs/health",
+                                 "/jobs/triggers/{trigger_id}", "/jobs",
                                  "/jobs/{job_id}", "/jobs/{job_id}/retry",
                                  "/jobs/{job_id}/cancel", "/healthz", "/readyz"}
     assert doc["components"]["schemas"]["NewJob"]["properties"]["task"]["enum"] == [
-        "gated", "welcome"]
+        "gated", "hourly", "pulse", "welcome"]
     assert json.dumps(doc)  # serialisable
 
 

@@ -142,3 +142,34 @@ def test_a_replica_killed_mid_trigger_loses_nothing_and_completes_nothing_twice(
 def _quietly(call: Any) -> None:
     with contextlib.suppress(httpx.TransportError):  # the replica is killed mid-request
         call()
+
+
+def test_twenty_concurrent_ticks_across_three_replicas_make_one_job_per_occurrence(
+    store_url: str, ledger: str, tmp_path: Path
+) -> None:
+    replicas = start(store_url, ledger, 3, tmp_path)
+    try:
+        def tick(i: int) -> dict[str, Any]:
+            response = httpx.post(f"{replicas[i % 3].url}/jobs/tick?budget=10", headers=AUTH,
+                                  timeout=60)
+            assert response.status_code == 200, response.text
+            return dict(response.json())
+
+        reports = []
+        with ThreadPoolExecutor(20) as pool:
+            for _ in range(4):  # four rounds of 20 simultaneous ticks, a second or more apart
+                reports += list(pool.map(tick, range(20)))
+                time.sleep(1.1)
+    finally:
+        for r in replicas:
+            r.stop()
+    enqueued = [e["scheduled_for"] for r in reports for e in r["enqueued"]]
+    assert len(enqueued) == len(set(enqueued)) >= 4  # each occurrence enqueued by one tick
+    app = Oncely(store_url, environ={})
+    pulses = [j for j in app.list(task="pulse", limit=1000)]
+    app.close()
+    assert sorted(j.scheduled_for.isoformat() for j in pulses if j.scheduled_for) == sorted(
+        enqueued)
+    assert all(j.state is JobState.SUCCEEDED for j in pulses)
+    ran = Counter(job_id for job_id, _, phase, _ in ledger_rows(ledger) if phase == "pulse")
+    assert sorted(ran) == sorted(j.id for j in pulses) and set(ran.values()) == {1}

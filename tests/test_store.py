@@ -222,7 +222,7 @@ async def test_opening_again_applies_no_migration_twice(store_url: str) -> None:
     for _ in range(2):
         s = open_store(store_url)
         await s.open(T0)
-        assert await s.schema_version() == (2, 2)
+        assert await s.schema_version() == (3, 3)
         await s.close()
 
 

@@ -9,19 +9,25 @@ caller's loop; the store keeps one connection pool per event loop.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
+import inspect
 import os
 import random
+import re
 import socket
 import sqlite3
 import threading
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, overload
 
 from .errors import ConfigError, JobNotFound, UnknownTask
 from .model import JobRecord, JobState, NewJob, check_aware
+from .periodic import Periodic, TickReport
 from .retry import Backoff
+from .schedule import Schedule, ScheduleError
 from .settings import Settings
 from .store import Store, open_store
 from .tasks import Task
@@ -90,22 +96,29 @@ class Oncely:
         lease: timedelta | None = None,
         batch_size: int | None = None,
         key_retention: timedelta | None = None,
+        schedule_grace: timedelta | None = None,
         clock: Clock = utcnow,
         worker_id: str | None = None,
     ):
         base = Settings.from_environ(os.environ if environ is None else environ)
-        self.settings = Settings(
+        self.settings = replace(
+            base,
             store=store or base.store,
             concurrency=concurrency or base.concurrency,
             lease=lease or base.lease,
             batch_size=batch_size or base.batch_size,
             key_retention=key_retention or base.key_retention,
+            schedule_grace=schedule_grace or base.schedule_grace,
         )
         if self.settings.concurrency < 1 or self.settings.batch_size < 1:
             raise ConfigError("concurrency and batch_size must be at least 1")
         self.clock = clock
         self._worker_id = worker_id
         self._tasks: dict[str, Task] = {}
+        self._periodics: dict[str, Periodic] = {}
+        self._event_routes: list[tuple[str, str]] = []
+        self._hooks: dict[str, str] = {}
+        self._hook_secrets: dict[str, str | None] = {}
         self._reset()
 
     def _reset(self) -> None:
@@ -132,7 +145,7 @@ class Oncely:
         if self._stores:
             raise ConfigError("use_store() must be called before the store is first used")
         open_store(url)  # validates the URL now
-        self.settings = Settings(**{**_fields(self.settings), "store": url})
+        self.settings = replace(self.settings, store=url)
 
     # -- tasks ------------------------------------------------------------------------
 
@@ -168,9 +181,118 @@ class Oncely:
 
         return register(fn) if fn is not None else register
 
+    def periodic(
+        self, cron: str | None = None, /, *, every: str | timedelta | None = None,
+        tz: str = "UTC", catch_up: str = "latest", window: str | timedelta | None = None,
+        name: str | None = None, max_attempts: int = 5, backoff: Backoff | None = None,
+        queue: str = "default", priority: int = 0,
+    ) -> Callable[[F], F]:
+        """Register a periodic task: ``@jobs.periodic("*/5 * * * *", tz="Europe/Berlin")``
+        or ``@jobs.periodic(every="5m")``. Each occurrence becomes one job (its
+        ``job.scheduled_for`` is the occurrence) when a tick arrives; ``catch_up`` says what
+        a late tick does with occurrences it missed: ``skip``, ``latest`` or ``all`` (within
+        ``window``)."""
+        try:
+            schedule = Schedule.parse(cron, every=every, tz=tz, catch_up=catch_up,
+                                      window=window)
+        except ScheduleError as exc:
+            raise ConfigError(f"@periodic({cron or every!r}): {exc}") from None
+
+        def register(f: F) -> F:
+            self.task(name=name, max_attempts=max_attempts, backoff=backoff, queue=queue,
+                      priority=priority)(f)
+            task = self._tasks[name or f.__name__]
+            if set(task.signature.parameters):
+                del self._tasks[task.name]
+                raise ConfigError(
+                    f"periodic task {task.name!r} must take no arguments but job "
+                    f"(it has {task.name}{task.signature})"
+                )
+            self._periodics[task.name] = Periodic(task, schedule)
+            return f
+
+        return register
+
+    def on_event(
+        self, pattern: str, /, *, name: str | None = None, max_attempts: int = 5,
+        backoff: Backoff | None = None, queue: str = "default", priority: int = 0,
+    ) -> Callable[[F], F]:
+        """Run a handler for events whose CloudEvents type matches ``pattern`` (a glob,
+        e.g. ``google.cloud.storage.object.v1.*``) delivered to ``POST /jobs/events``.
+        The handler takes ``event`` (an ``oncely.events.Event``: id, source, type, time,
+        subject, data) and ``job``. Each event becomes one job, keyed by (source, id), for
+        the first handler that matches it, in declaration order."""
+        return self._event_handler(("event", pattern), name=name, max_attempts=max_attempts,
+                                   backoff=backoff, queue=queue, priority=priority)
+
+    def hook(
+        self, hook_name: str, /, *, secret: str | None = None, name: str | None = None,
+        max_attempts: int = 5, backoff: Backoff | None = None, queue: str = "default",
+        priority: int = 0,
+    ) -> Callable[[F], F]:
+        """Run a handler for webhooks posted to ``POST /jobs/hooks/{hook_name}``. With
+        ``secret``, deliveries must carry GitHub's ``X-Hub-Signature-256`` over the body;
+        without, they need the trigger endpoints' authentication. The handler takes
+        ``payload`` (the JSON body, or text) and ``job``; a redelivery (same
+        ``X-GitHub-Delivery``, ``Idempotency-Key`` or ``X-Request-Id``) runs nothing."""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", hook_name):
+            raise ConfigError(f"hook name {hook_name!r}: use letters, digits, '.', '_', '-'")
+        if hook_name in self._hooks:
+            raise ConfigError(f"a hook named {hook_name!r} is already registered")
+        if secret is not None and len(secret) < 16:
+            raise ConfigError(f"hook {hook_name!r}: the secret must be at least 16 characters")
+        self._hook_secrets[hook_name] = secret
+        return self._event_handler(("hook", hook_name), name=name, max_attempts=max_attempts,
+                                   backoff=backoff, queue=queue, priority=priority)
+
+    def _event_handler(self, route: tuple[str, str], **options: Any) -> Callable[[F], F]:
+        from .events import Event
+
+        def register(f: F) -> F:
+            kind, match = route
+            wants_job = "job" in inspect.signature(f).parameters
+
+            def call(event: dict[str, Any], job: Any) -> Any:
+                value = Event.from_dict(event)
+                arg = value if kind == "event" else value.data
+                return f(arg, job=job) if wants_job else f(arg)
+
+            if inspect.iscoroutinefunction(f):
+                async def handler(event: dict[str, Any], *, job: Any) -> Any:
+                    return await call(event, job)
+            else:
+                def handler(event: dict[str, Any], *, job: Any) -> Any:  # type: ignore[misc]
+                    return call(event, job)
+
+            handler.__name__ = options.pop("name", None) or f.__name__
+            self.task(**options, name=handler.__name__)(handler)
+            if kind == "event":
+                self._event_routes.append((match, handler.__name__))
+            else:
+                self._hooks[match] = handler.__name__
+            return f
+
+        return register
+
+    def event_task(self, event_type: str) -> str | None:
+        """The task that handles events of this type (the first matching pattern)."""
+        return next((task for pattern, task in self._event_routes
+                     if fnmatch.fnmatchcase(event_type, pattern)), None)
+
+    @property
+    def hooks(self) -> Mapping[str, str]:
+        return self._hooks
+
+    def hook_secret(self, hook_name: str) -> str | None:
+        return self._hook_secrets.get(hook_name)
+
     @property
     def tasks(self) -> Mapping[str, Task]:
         return self._tasks
+
+    @property
+    def periodics(self) -> Mapping[str, Periodic]:
+        return self._periodics
 
     def _task(self, task: str | Callable[..., Any]) -> Task:
         name = task if isinstance(task, str) else getattr(task, "__name__", repr(task))
@@ -421,6 +543,75 @@ class Oncely:
 
         return create_app(self, auth=auth)
 
+    # -- schedules ------------------------------------------------------------------------
+
+    async def atick(self) -> TickReport:
+        """Enqueue every periodic task's due occurrences, each exactly once."""
+        from . import periodic
+
+        store = await self.astore()
+        return await periodic.tick(store, self._periodics, now=self.clock(),
+                                   grace=self.settings.schedule_grace,
+                                   retention=self.settings.key_retention)
+
+    def tick(self) -> TickReport:
+        return self._portal.run(self.atick())
+
+    def _periodic(self, task: str) -> Periodic:
+        self._task(task)
+        found = self._periodics.get(task)
+        if found is None:
+            raise ConfigError(f"task {task!r} is not periodic; declare it with @jobs.periodic")
+        return found
+
+    async def arun_occurrence(self, task: str, at: datetime | None = None) -> TickReport:
+        """Record (once) and enqueue the occurrence of ``task`` at ``at``, or the latest
+        one due; ``at`` between occurrences means the one before it."""
+        from . import periodic
+
+        spec = self._periodic(task)
+        now = self.clock()
+        when = spec.schedule.latest(check_aware(at, "at") if at is not None else now)
+        report = TickReport()
+        if when is None:
+            return report
+        store = await self.astore()
+        await store.schedule_register([task], now)
+        await store.schedule_touch(task, now)
+        paused = any(s.task == task and s.paused for s in await store.schedule_list())
+        await periodic.record(store, spec, when, now=now, retention=self.settings.key_retention,
+                              report=report, paused=paused)
+        if paused:
+            report.paused.append(task)
+        return report
+
+    async def arun_now(self, task: str) -> JobRecord:
+        """Enqueue an extra run of a periodic task now, outside its schedule."""
+        from .periodic import occurrence_job
+
+        spec, now = self._periodic(task), self.clock()
+        job = replace(occurrence_job(spec, now), key=f"periodic:{task}@manual:{now.isoformat()}")
+        return (await self._ainsert(job, now))[0]
+
+    async def aset_paused(self, task: str, paused: bool) -> None:
+        self._periodic(task)
+        store = await self.astore()
+        await store.schedule_register([task], self.clock())
+        await store.schedule_set_paused(task, paused)
+
+    async def aschedules(self) -> list[dict[str, Any]]:
+        """Per periodic task: schedule, last and next occurrence, and missed occurrences."""
+        from . import periodic
+
+        store = await self.astore()
+        await store.schedule_register(list(self._periodics), self.clock())
+        states = {s.task: s for s in await store.schedule_list()}
+        return periodic.status(self._periodics, states, now=self.clock(),
+                               grace=self.settings.schedule_grace)
+
+    def schedules(self) -> list[dict[str, Any]]:
+        return self._portal.run(self.aschedules())
+
     # -- inspect and manage -------------------------------------------------------------
 
     async def aget(self, job_id: int) -> JobRecord:
@@ -477,6 +668,3 @@ def _state(value: JobState | str) -> JobState:
             + ", ".join(s.value for s in JobState)
         ) from None
 
-
-def _fields(settings: Settings) -> dict[str, Any]:
-    return dict(vars(settings))

@@ -43,6 +43,14 @@ from .errors import (
     StoreUnavailable,
     UnknownTask,
 )
+from .events import (
+    Control,
+    Event,
+    EventError,
+    parse_delivery,
+    parse_hook,
+    verify_github_signature,
+)
 from .model import JobRecord, JobState
 from .triggers import Busy, Identity, Replayed, Started, Triggers, identify
 
@@ -105,6 +113,8 @@ def _from_error(exc: Exception) -> Problem:
             slug="auth",
             headers=exc.headers,
         )
+    if isinstance(exc, EventError):
+        return Problem(exc.status, _reason(exc.status), exc.detail, slug="bad-delivery")
     if isinstance(exc, UnknownTask):
         return Problem(422, "Unknown task", str(exc), slug="unknown-task")
     if isinstance(exc, InvalidArguments):
@@ -210,6 +220,35 @@ class Api:
             return summary.to_dict()
 
         return await self.trigger(request, "process", budget, work)
+
+    async def tick(self, request: Request, body: bytes) -> Response:
+        """The one heartbeat: enqueue due periodic occurrences once, then process."""
+        budget = _budget(request.query_params.get("budget"))
+
+        async def work(trigger_id: str) -> dict[str, Any]:
+            ticked = await self.jobs.atick()
+            summary = await self.jobs.aprocess(budget=budget, trigger_id=trigger_id)
+            return {**ticked.to_dict(), **summary.to_dict()}
+
+        return await self.trigger(request, "tick", budget, work)
+
+    async def run_task(self, request: Request, body: bytes) -> Response:
+        """One schedule per task: run the occurrence the scheduler names, once."""
+        task = request.path_params["task"]
+        if task not in self.jobs.periodics:
+            known = ", ".join(sorted(self.jobs.periodics)) or "none"
+            raise Problem(404, "Not a periodic task", f"{task!r} is not a periodic task of "
+                          f"this app; periodic tasks: {known}", slug="unknown-task")
+        at = _at(request.headers.get("x-cloudscheduler-scheduletime")
+                 or request.query_params.get("at"))
+        budget = _budget(request.query_params.get("budget"))
+
+        async def work(trigger_id: str) -> dict[str, Any]:
+            ran = await self.jobs.arun_occurrence(task, at)
+            summary = await self.jobs.aprocess(budget=budget, trigger_id=trigger_id)
+            return {**ran.to_dict(), **summary.to_dict()}
+
+        return await self.trigger(request, f"run:{task}", budget, work)
 
     async def trigger(
         self,
@@ -339,6 +378,108 @@ class Api:
     async def cancel_job(self, request: Request, body: bytes) -> Response:
         return _job(await self.jobs.acancel(request.path_params["job_id"]))
 
+    # -- events -----------------------------------------------------------------------
+
+    async def events(self, request: Request, body: bytes) -> Response:
+        """CloudEvents (binary, structured, batched), Pub/Sub push, S3 (direct or via SNS):
+        each event becomes one job keyed by (source, id); a redelivery runs nothing."""
+        parsed = parse_delivery(request.headers, body)
+        if isinstance(parsed, Control):
+            return _control(parsed)
+        routed = [(event, self.jobs.event_task(event.type)) for event in parsed]
+        unmatched = sorted({e.type for e, task in routed if task is None})
+        if unmatched and self.jobs.settings.unmatched_events == "reject":
+            raise Problem(422, "No handler for event", f"no handler matches event type(s) "
+                          f"{', '.join(unmatched)}; declare one with @jobs.on_event(pattern), "
+                          "or set ONCELY_EVENTS_UNMATCHED=ack to acknowledge such events",
+                          slug="unmatched-event", unmatched=unmatched)
+        for event, task in routed:
+            if task is None:
+                log.warning("event %s (%s) matched no handler; acknowledged", event.key,
+                            event.type, extra={"event": "event.unmatched", "key": event.key,
+                                               "type": event.type, "source": event.source})
+        return await self._enqueue_events(
+            request, [(e, t) for e, t in routed if t is not None], unmatched)
+
+    async def hook(self, request: Request, body: bytes) -> Response:
+        name = request.path_params["name"]
+        task = self.jobs.hooks.get(name)
+        if task is None:
+            known = ", ".join(sorted(self.jobs.hooks)) or "none"
+            raise Problem(404, "Unknown hook", f"no hook named {name!r}; hooks: {known} "
+                          "(declare one with @jobs.hook(name))", slug="unknown-hook")
+        secret = self.jobs.hook_secret(name)
+        if secret is not None:
+            verify_github_signature(secret, request.headers, body)
+        else:
+            await self._authenticate(request, body)
+        return await self._enqueue_events(request, [(parse_hook(name, request.headers, body),
+                                                     task)], [])
+
+    async def _enqueue_events(
+        self, request: Request, routed: list[tuple[Event, str]], unmatched: list[str]
+    ) -> Response:
+        jobs = []
+        for event, task in routed:
+            job, created = await self.jobs.aenqueue_ex(task, {"event": event.to_dict()},
+                                                       key=event.key)
+            jobs.append({"job_id": job.id, "task": task, "key": event.key, "created": created,
+                         "state": str(job.state)})
+        processed = None
+        if any(j["created"] for j in jobs) and request.query_params.get("process") != "false":
+            budget = _budget(request.query_params.get("budget"))
+            processed = (await self.jobs.aprocess(budget=budget)).to_dict()
+        status = 201 if any(j["created"] for j in jobs) else 200
+        return JSONResponse({"jobs": jobs, "unmatched": unmatched, "processed": processed},
+                            status)
+
+    # -- health for external monitors ---------------------------------------------
+
+    async def health(self, request: Request, body: bytes) -> Response:
+        """200 when healthy, 503 with reasons: what an uptime checker should alert on."""
+        if not self.jobs.settings.health_public:
+            await self._authenticate(request, body)
+        settings, now = self.jobs.settings, self.jobs.clock()
+        try:
+            store = await self.jobs.astore()
+            oldest, dead = await store.job_health(now, now - timedelta(hours=1))
+            missed = {r["task"]: r["missed"] for r in await self.jobs.aschedules()
+                      if r["missed"]}
+        except OncelyError as exc:
+            return JSONResponse({"status": "unhealthy", "store": "unreachable",
+                                 "reasons": [f"the job store is unreachable: {exc}"]}, 503,
+                                headers={"Retry-After": str(RETRY_AFTER_OUTAGE)})
+        lag = max(0.0, (now - oldest).total_seconds()) if oldest else 0.0
+        reasons = []
+        max_lag = settings.health_max_lag.total_seconds()
+        if lag > max_lag:
+            reasons.append(f"queue lag is {lag:.0f} s, over {max_lag:.0f} s: is anything "
+                           "calling POST /jobs/process?")
+        if dead:
+            reasons.append(f"{dead} job(s) died in the last hour; see GET /jobs?state=dead")
+        for task, occurrences in missed.items():
+            reasons.append(f"periodic task {task} missed {len(occurrences)} occurrence(s), the "
+                           f"last at {occurrences[-1]}: is the scheduler calling /jobs/tick?")
+        return JSONResponse({"status": "unhealthy" if reasons else "healthy",
+                             "store": "reachable", "queue_lag_seconds": round(lag, 3),
+                             "dead_last_hour": dead, "missed": missed, "reasons": reasons},
+                            503 if reasons else 200)
+
+    async def schedules(self, request: Request, body: bytes) -> Response:
+        return JSONResponse({"schedules": await self.jobs.aschedules()})
+
+    async def schedule_action(self, request: Request, body: bytes) -> Response:
+        task, action = request.path_params["task"], request.path_params["action"]
+        if action == "run-now":
+            job = await self.jobs.arun_now(task)
+            return JSONResponse(job.to_dict(), 201, headers={"Location": f"/jobs/{job.id}"})
+        if action not in ("pause", "resume"):
+            raise Problem(404, "Not Found", f"unknown schedule action {action!r}; use pause, "
+                          "resume or run-now")
+        await self.jobs.aset_paused(task, action == "pause")
+        [row] = [r for r in await self.jobs.aschedules() if r["task"] == task]
+        return JSONResponse(row)
+
     # -- health -----------------------------------------------------------------------
 
     async def healthz(self, request: Request, body: bytes) -> Response:
@@ -363,7 +504,13 @@ class Api:
                 f"replica needs {known}; run `oncely migrate`",
                 slug="not-ready",
             ).response()
-        return JSONResponse({"status": "ready", "replica": self.jobs.worker_id, "schema": version})
+        missed = {r["task"]: r["missed"] for r in await self.jobs.aschedules() if r["missed"]}
+        # Missed occurrences are reported, not made a readiness failure: failing every
+        # replica's readiness would take them out of the load balancer and stop the very
+        # ticks that would catch up. /jobs/health is the endpoint that alerts on them.
+        return JSONResponse(
+            {"status": "ready", "replica": self.jobs.worker_id, "schema": version, "missed": missed}
+        )
 
     async def openapi(self, request: Request, body: bytes) -> Response:
         from .openapi import document
@@ -378,6 +525,11 @@ class Api:
         g = self.guarded
         table: list[tuple[str, dict[str, Handler]]] = [
             ("/jobs/process", {"POST": self.process}),
+            ("/jobs/tick", {"POST": self.tick}),
+            ("/jobs/run/{task}", {"POST": self.run_task}),
+            ("/jobs/schedules", {"GET": self.schedules}),
+            ("/jobs/events", {"POST": self.events}),
+            ("/jobs/schedules/{task}/{action}", {"POST": self.schedule_action}),
             ("/jobs/triggers/{trigger_id}", {"GET": self.trigger_status}),
             ("/jobs", {"POST": self.enqueue, "GET": self.list_jobs}),
             ("/jobs/{job_id:int}", {"GET": self.get_job}),
@@ -389,6 +541,10 @@ class Api:
                   methods=ALL_METHODS)
             for path, handlers in table
         ]
+        for path, handler in (("/jobs/hooks/{name}", {"POST": self.hook}),
+                              ("/jobs/health", {"GET": self.health})):
+            public = {m: g(h, public=True) for m, h in handler.items()}
+            routes.append(Route(path, _by_method(path, public), methods=ALL_METHODS))
         docs = _by_method("/jobs/openapi.json", {"GET": g(self.openapi, public=True)})
         routes.append(Route("/jobs/openapi.json", docs, methods=ALL_METHODS))
         routes.append(Route("/jobs/{rest:path}", _not_found, methods=ALL_METHODS))
@@ -466,6 +622,29 @@ def _budget(raw: str | None) -> float:
             f"budget={raw!r} must be a number of seconds in (0, {MAX_BUDGET:g}]",
             slug="bad-request",
         )
+    return value
+
+
+def _control(control: Control) -> Response:
+    """Answer a delivery that is not an event. An SNS subscription is confirmed by visiting
+    its SubscribeURL; oncely does not verify SNS signatures, so it logs the URL for an
+    operator to confirm rather than fetching it on an unverified request's word."""
+    log.warning("%s: %s", control.kind, control.message,
+                extra={"event": f"events.{control.kind}", "subscribe_url": control.subscribe_url})
+    return JSONResponse({"control": control.kind, "message": control.message,
+                         "subscribe_url": control.subscribe_url})
+
+
+def _at(raw: str | None) -> datetime | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None:
+        raise Problem(400, "Bad Request", f"schedule time {raw!r} must be an RFC 3339 time "
+                      "with a zone, e.g. 2026-11-29T12:05:00Z", slug="bad-request")
     return value
 
 

@@ -348,8 +348,9 @@ def _k8s(jobs: list[_Job], opts: ExportOptions) -> str:
                                metadata=dict(name=secret, **where, labels=labels), type="Opaque",
                                stringData=dict(token="REPLACE_WITH_ONCELY_TOKEN"))]
     token = dict(name="ONCELY_TOKEN", valueFrom=dict(secretKeyRef=dict(name=secret, key="token")))
-    locked = dict(runAsNonRoot=True, allowPrivilegeEscalation=False, readOnlyRootFilesystem=True,
-                  capabilities=dict(drop=["ALL"]))
+    # curlimages/curl names its user (USER curl_user); runAsNonRoot needs a numeric uid
+    locked = dict(runAsNonRoot=True, runAsUser=100, allowPrivilegeEscalation=False,
+                  readOnlyRootFilesystem=True, capabilities=dict(drop=["ALL"]))
     for job in jobs:
         _standard_only(job, "Kubernetes")
         args = [*_curl(opts), "-H", "Authorization: Bearer $(ONCELY_TOKEN)", job.url]

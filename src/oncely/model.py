@@ -62,6 +62,7 @@ class NewJob:
     run_at: datetime
     max_attempts: int
     key: str | None = None
+    scheduled_for: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,7 @@ class JobRecord:
     finished_at: datetime | None
     result: Any
     errors: list[dict[str, Any]] = field(default_factory=list)
+    scheduled_for: datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
         def iso(value: datetime | None) -> str | None:
@@ -109,6 +111,7 @@ class JobRecord:
             "finished_at": iso(self.finished_at),
             "result": self.result,
             "errors": self.errors,
+            "scheduled_for": iso(self.scheduled_for),
         }
 
 
@@ -156,3 +159,25 @@ class TriggerRecord:
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "summary": self.summary,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleState:
+    """A periodic task's progress as the store knows it."""
+
+    task: str
+    created_at: datetime
+    last_occurrence: datetime | None
+    last_tick_at: datetime | None
+    paused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Occurrence:
+    """One occurrence of a periodic task: enqueued (with its job), missed or paused."""
+
+    task: str
+    scheduled_for: datetime
+    outcome: str
+    job_id: int | None
+    recorded_at: datetime

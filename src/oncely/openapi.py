@@ -47,6 +47,12 @@ def _q(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
     }
 
 
+def _path(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+_BUDGET = _q("budget", {"type": "number", "exclusiveMinimum": 0, "maximum": 900},
+             "seconds, default 25")
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer"}}
 _JOB = {"$ref": "#/components/schemas/Job"}
 
@@ -77,6 +83,74 @@ def document(tasks: list[str]) -> dict[str, Any]:
                         _q("queue", {"type": "string"}, "only this queue (repeatable)"),
                     ],
                     errors=(400, 401, 403, 409, 503),
+                )
+            },
+            "/jobs/tick": {
+                "post": _op(
+                    "The heartbeat: enqueue every periodic task's due occurrences once, then "
+                    "run due jobs",
+                    {"200": _json("what this tick did (or replayed)", summary),
+                     "202": _json("accepted (Prefer: respond-async)", {"type": "object"})},
+                    params=[_BUDGET],
+                    errors=(400, 401, 403, 409, 503),
+                )
+            },
+            "/jobs/run/{task}": {
+                "post": _op(
+                    "Run the occurrence of one periodic task named by "
+                    "X-CloudScheduler-ScheduleTime (or ?at=, or the latest due), once",
+                    {"200": _json("what this run did (or replayed)", summary)},
+                    params=[_path("task"), _BUDGET,
+                            _q("at", {"type": "string", "format": "date-time"},
+                               "the occurrence (RFC 3339)")],
+                    errors=(400, 401, 403, 404, 409, 503),
+                )
+            },
+            "/jobs/schedules": {
+                "get": _op(
+                    "Periodic tasks: last and next occurrence, missed occurrences",
+                    {"200": _json("the schedules", {"type": "object"})},
+                    errors=(401, 403, 503),
+                )
+            },
+            "/jobs/schedules/{task}/{action}": {
+                "post": _op(
+                    "pause, resume or run-now a periodic task",
+                    {"200": _json("the schedule", {"type": "object"}),
+                     "201": _json("the extra job (run-now)", _JOB)},
+                    params=[_path("task"), {**_path("action"), "schema": {
+                        "type": "string", "enum": ["pause", "resume", "run-now"]}}],
+                    errors=(401, 403, 404, 422, 503),
+                )
+            },
+            "/jobs/events": {
+                "post": _op(
+                    "Deliver events: CloudEvents (binary, structured, batched), Pub/Sub "
+                    "push, S3 notifications (direct or via SNS); one job per (source, id)",
+                    {"201": _json("jobs created (and processed)", {"type": "object"}),
+                     "200": _json("a redelivery: the existing jobs, nothing run",
+                                  {"type": "object"})},
+                    params=[_BUDGET, _q("process", {"type": "boolean"},
+                                        "run due jobs after enqueueing (default true)")],
+                    errors=(400, 401, 403, 413, 415, 422, 503),
+                )
+            },
+            "/jobs/hooks/{name}": {
+                "post": _op(
+                    "A webhook: GitHub-style X-Hub-Signature-256 when the hook has a secret, "
+                    "the trigger authentication otherwise",
+                    {"201": _json("job created (and processed)", {"type": "object"}),
+                     "200": _json("a redelivery", {"type": "object"})},
+                    params=[_path("name"), _BUDGET], errors=(400, 401, 404, 413, 503),
+                )
+            },
+            "/jobs/health": {
+                "get": _op(
+                    "For external monitors: 200 when healthy, 503 with reasons (queue lag, "
+                    "jobs dead in the last hour, missed schedules, store unreachable)",
+                    {"200": _json("healthy", {"type": "object"}),
+                     "503": _json("unhealthy, with reasons", {"type": "object"})},
+                    errors=(), secured=False,
                 )
             },
             "/jobs/triggers/{trigger_id}": {

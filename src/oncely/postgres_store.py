@@ -21,7 +21,15 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import queries
 from .errors import ConfigError, SchemaTooNew, StoreError, StoreUnavailable
-from .model import Completion, JobRecord, JobState, NewJob, TriggerRecord
+from .model import (
+    Completion,
+    JobRecord,
+    JobState,
+    NewJob,
+    Occurrence,
+    ScheduleState,
+    TriggerRecord,
+)
 from .store import Rescued, redact
 
 Q = queries.load("postgres")
@@ -35,7 +43,7 @@ def to_record(row: DictRow) -> JobRecord:
         created_at=row["created_at"], attempt=row["attempt"], max_attempts=row["max_attempts"],
         fence=row["fence"], attempted_at=row["attempted_at"], attempted_by=row["attempted_by"],
         lease_expires_at=row["lease_expires_at"], finished_at=row["finished_at"],
-        result=row["result"], errors=row["errors"],
+        result=row["result"], errors=row["errors"], scheduled_for=row["scheduled_for"],
     )
 
 
@@ -58,7 +66,7 @@ def _insert_params(job: NewJob, now: datetime) -> dict[str, Any]:
     return {
         "task": job.task, "queue": job.queue, "args": job.args_json, "key": job.key,
         "priority": job.priority, "run_at": job.run_at, "now": now,
-        "max_attempts": job.max_attempts,
+        "max_attempts": job.max_attempts, "scheduled_for": job.scheduled_for,
     }
 
 
@@ -366,3 +374,50 @@ class PostgresStore:
     async def trigger_get(self, trigger_id: str) -> TriggerRecord | None:
         rows = await self._rows("trigger_get", {"id": trigger_id})
         return to_trigger(rows[0]) if rows else None
+
+    async def job_health(self, now: datetime, since: datetime) -> tuple[datetime | None, int]:
+        [row] = await self._rows("job_health", {"now": now, "since": since})
+        return row["oldest_due"], int(row["dead_since"])
+
+    # -- schedules -------------------------------------------------------------------
+
+    async def schedule_register(self, tasks: Sequence[str], now: datetime) -> None:
+        async with self.connection() as conn, conn.transaction():
+            for task in tasks:
+                await conn.execute(Q["schedule_register"], {"task": task, "now": now})
+
+    async def schedule_list(self) -> list[ScheduleState]:
+        return [
+            ScheduleState(task=r["task"], created_at=r["created_at"],
+                          last_occurrence=r["last_occurrence"], last_tick_at=r["last_tick_at"],
+                          paused=r["paused"])
+            for r in await self._rows("schedule_list")
+        ]
+
+    async def schedule_touch(self, task: str, now: datetime) -> None:
+        await self._rows("schedule_touch", {"task": task, "now": now})
+
+    async def schedule_set_paused(self, task: str, paused: bool) -> bool:
+        return bool(await self._rows("schedule_set_paused", {"task": task, "paused": paused}))
+
+    async def occurrence_record(
+        self, *, task: str, scheduled_for: datetime, outcome: str, job: NewJob | None,
+        now: datetime, retained_after: datetime,
+    ) -> tuple[bool, int | None]:
+        at = {"task": task, "scheduled_for": scheduled_for}
+        async with self.connection() as conn, conn.transaction():
+            cur = await conn.execute(Q["occurrence_insert"], {**at, "outcome": outcome, "now": now})
+            inserted = await cur.fetchone() is not None
+            await conn.execute(Q["schedule_advance"], at)
+            if not inserted or job is None:
+                return inserted, None
+            record, _ = await ainsert_on(conn, job, now, retained_after)
+            await conn.execute(Q["occurrence_set_job"], {**at, "job_id": record.id})
+            return True, record.id
+
+    async def occurrence_list(self, task: str, limit: int = 20) -> list[Occurrence]:
+        return [
+            Occurrence(task=r["task"], scheduled_for=r["scheduled_for"], outcome=r["outcome"],
+                       job_id=r["job_id"], recorded_at=r["recorded_at"])
+            for r in await self._rows("occurrence_list", {"task": task, "limit": limit})
+        ]

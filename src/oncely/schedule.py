@@ -286,6 +286,12 @@ class Schedule:
         start, end = _utc("after", after), _utc("until", until)
         return self._between(start, end)
 
+    def latest(self, at: datetime, *, lookback: timedelta = timedelta(days=400)) -> datetime | None:
+        """The most recent occurrence at or before ``at`` (within ``lookback``), or None."""
+        end = _utc("at", at)
+        found, _ = self._tail(end - lookback, end, 1)
+        return found[0] if found else None
+
     def _between(self, after: datetime, until: datetime) -> Iterator[datetime]:
         if until <= after:
             return

@@ -39,6 +39,21 @@ def _seconds(raw: str) -> timedelta:
     return timedelta(seconds=value)
 
 
+def _flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+def _unmatched(raw: str) -> str:
+    if raw not in ("reject", "ack"):
+        raise ValueError(raw)
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     store: str = DEFAULT_STORE
@@ -46,6 +61,10 @@ class Settings:
     lease: timedelta = timedelta(seconds=30)
     batch_size: int = 100
     key_retention: timedelta = timedelta(days=1)
+    schedule_grace: timedelta = timedelta(minutes=2)
+    health_max_lag: timedelta = timedelta(minutes=5)
+    health_public: bool = True
+    unmatched_events: str = "reject"
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
@@ -59,4 +78,12 @@ class Settings:
                              "a whole number >= 1"),
             key_retention=_read(environ, "ONCELY_KEY_RETENTION_SECONDS", _seconds,
                                 cls.key_retention, "a number of seconds > 0"),
+            schedule_grace=_read(environ, "ONCELY_SCHEDULE_GRACE_SECONDS", _seconds,
+                                 cls.schedule_grace, "a number of seconds > 0"),
+            health_max_lag=_read(environ, "ONCELY_HEALTH_MAX_LAG_SECONDS", _seconds,
+                                 cls.health_max_lag, "a number of seconds > 0"),
+            health_public=_read(environ, "ONCELY_HEALTH_PUBLIC", _flag, cls.health_public,
+                                "1/0, true/false, yes/no or on/off"),
+            unmatched_events=_read(environ, "ONCELY_EVENTS_UNMATCHED", _unmatched,
+                                   cls.unmatched_events, "'reject' or 'ack'"),
         )

@@ -25,7 +25,15 @@ from urllib.parse import parse_qsl, urlsplit
 
 from . import queries
 from .errors import ConfigError, SchemaTooNew, StoreError, StoreUnavailable
-from .model import Completion, JobRecord, JobState, NewJob, TriggerRecord
+from .model import (
+    Completion,
+    JobRecord,
+    JobState,
+    NewJob,
+    Occurrence,
+    ScheduleState,
+    TriggerRecord,
+)
 from .store import Rescued
 
 T = TypeVar("T")
@@ -62,6 +70,7 @@ def to_record(row: sqlite3.Row) -> JobRecord:
         finished_at=_dt(row["finished_at"]),
         result=json.loads(row["result"]) if row["result"] is not None else None,
         errors=json.loads(row["errors"]),
+        scheduled_for=_dt(row["scheduled_for"]),
     )
 
 
@@ -98,6 +107,7 @@ def insert_on(
             "task": job.task, "queue": job.queue, "args": job.args_json, "key": job.key,
             "priority": job.priority, "run_at": ts(job.run_at), "now": ts(now),
             "max_attempts": job.max_attempts,
+            "scheduled_for": ts(job.scheduled_for) if job.scheduled_for else None,
         }
         row = conn.execute(Q["job_insert"], params).fetchone()
         if row is not None:
@@ -401,3 +411,68 @@ class SQLiteStore:
             return to_trigger(row) if row is not None else None
 
         return await self._call(get)
+
+    async def job_health(self, now: datetime, since: datetime) -> tuple[datetime | None, int]:
+        params = {"now": ts(now), "since": ts(since)}
+        row = await self._call(lambda conn: conn.execute(Q["job_health"], params).fetchone())
+        return _dt(row["oldest_due"]), int(row["dead_since"])
+
+    # -- schedules -------------------------------------------------------------------
+
+    async def schedule_register(self, tasks: Sequence[str], now: datetime) -> None:
+        def register(conn: sqlite3.Connection) -> None:
+            for task in tasks:
+                conn.execute(Q["schedule_register"], {"task": task, "now": ts(now)})
+
+        await self._write(register)
+
+    async def schedule_list(self) -> list[ScheduleState]:
+        rows = await self._call(lambda conn: conn.execute(Q["schedule_list"]).fetchall())
+        return [
+            ScheduleState(
+                task=r["task"], created_at=datetime.fromisoformat(r["created_at"]),
+                last_occurrence=_dt(r["last_occurrence"]), last_tick_at=_dt(r["last_tick_at"]),
+                paused=bool(r["paused"]),
+            )
+            for r in rows
+        ]
+
+    async def schedule_touch(self, task: str, now: datetime) -> None:
+        await self._write(
+            lambda conn: conn.execute(Q["schedule_touch"], {"task": task, "now": ts(now)})
+        )
+
+    async def schedule_set_paused(self, task: str, paused: bool) -> bool:
+        params = {"task": task, "paused": int(paused)}
+        return await self._write(
+            lambda conn: conn.execute(Q["schedule_set_paused"], params).fetchone() is not None
+        )
+
+    async def occurrence_record(
+        self, *, task: str, scheduled_for: datetime, outcome: str, job: NewJob | None,
+        now: datetime, retained_after: datetime,
+    ) -> tuple[bool, int | None]:
+        at = {"task": task, "scheduled_for": ts(scheduled_for)}
+
+        def record(conn: sqlite3.Connection) -> tuple[bool, int | None]:
+            inserted = conn.execute(
+                Q["occurrence_insert"], {**at, "outcome": outcome, "now": ts(now)}
+            ).fetchone()
+            conn.execute(Q["schedule_advance"], at)
+            if inserted is None or job is None:
+                return inserted is not None, None
+            record, _ = insert_on(conn, job, now, retained_after)
+            conn.execute(Q["occurrence_set_job"], {**at, "job_id": record.id})
+            return True, record.id
+
+        return await self._write(record)
+
+    async def occurrence_list(self, task: str, limit: int = 20) -> list[Occurrence]:
+        params = {"task": task, "limit": limit}
+        rows = await self._call(lambda conn: conn.execute(Q["occurrence_list"], params).fetchall())
+        return [
+            Occurrence(task=r["task"], scheduled_for=datetime.fromisoformat(r["scheduled_for"]),
+                       outcome=r["outcome"], job_id=r["job_id"],
+                       recorded_at=datetime.fromisoformat(r["recorded_at"]))
+            for r in rows
+        ]

@@ -13,7 +13,15 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
-from .model import Completion, JobRecord, JobState, NewJob, TriggerRecord
+from .model import (
+    Completion,
+    JobRecord,
+    JobState,
+    NewJob,
+    Occurrence,
+    ScheduleState,
+    TriggerRecord,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +114,28 @@ class Store(Protocol):
         """Record the end of a trigger run, fenced; False if another run took it over."""
 
     async def trigger_get(self, trigger_id: str) -> TriggerRecord | None: ...
+
+    async def job_health(self, now: datetime, since: datetime) -> tuple[datetime | None, int]:
+        """(run_at of the oldest due job, jobs that died since ``since``)."""
+
+    async def schedule_register(self, tasks: Sequence[str], now: datetime) -> None:
+        """Start tracking periodic tasks (existing ones are kept as they are)."""
+
+    async def schedule_list(self) -> list[ScheduleState]: ...
+
+    async def schedule_touch(self, task: str, now: datetime) -> None:
+        """Note that a tick for ``task`` arrived at ``now``."""
+
+    async def schedule_set_paused(self, task: str, paused: bool) -> bool: ...
+
+    async def occurrence_record(
+        self, *, task: str, scheduled_for: datetime, outcome: str, job: NewJob | None,
+        now: datetime, retained_after: datetime,
+    ) -> tuple[bool, int | None]:
+        """Record an occurrence once, in one transaction with its job (if any) and the
+        schedule's forward-only progress: (recorded now, job id)."""
+
+    async def occurrence_list(self, task: str, limit: int = 20) -> list[Occurrence]: ...
 
 
 def open_store(url: str) -> Store:

@@ -69,6 +69,8 @@ class Job:
         self.attempt = record.attempt
         self.max_attempts = record.max_attempts
         self.run_at = record.run_at
+        #: for periodic tasks, the occurrence this job runs for (None otherwise)
+        self.scheduled_for = record.scheduled_for
         self.lease_lost = False
         self._runner = runner
 

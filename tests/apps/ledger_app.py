@@ -64,3 +64,20 @@ def hang_first_attempt(*, job: Job) -> str:
         time.sleep(600)
     append(job, "finished")
     return "done"
+
+
+@jobs.periodic(every="1s", catch_up="all", window="1m")
+def pulse(*, job: Job) -> None:
+    """A seconds-level periodic task for tick and scheduler tests."""
+    append(job, "pulse")
+
+
+@jobs.on_event("*")
+def on_any_event(event: Any, *, job: Job) -> None:
+    """Every delivered event, whatever its type."""
+    append(job, "event")
+
+
+@jobs.hook("deploy")
+def on_deploy(payload: Any, *, job: Job) -> None:
+    append(job, "hook")

@@ -27,8 +27,8 @@ WHERE key_hold = %(key)s AND state = 'succeeded' AND finished_at < %(retained_af
 
 -- name: job_insert
 -- Insert a job; a job already holding the same key wins and nothing is inserted.
-INSERT INTO oncely_jobs (task, queue, args, key, key_hold, priority, run_at, created_at, max_attempts)
-VALUES (%(task)s, %(queue)s, %(args)s::jsonb, %(key)s, %(key)s, %(priority)s, %(run_at)s, %(now)s, %(max_attempts)s)
+INSERT INTO oncely_jobs (task, queue, args, key, key_hold, priority, run_at, created_at, max_attempts, scheduled_for)
+VALUES (%(task)s, %(queue)s, %(args)s::jsonb, %(key)s, %(key)s, %(priority)s, %(run_at)s, %(now)s, %(max_attempts)s, %(scheduled_for)s)
 ON CONFLICT (key_hold) DO NOTHING
 RETURNING *;
 
@@ -170,3 +170,46 @@ RETURNING id;
 
 -- name: trigger_get
 SELECT * FROM oncely_triggers WHERE id = %(id)s;
+
+-- name: schedule_register
+-- Know a periodic task from now on (missed occurrences are counted from its first sight).
+INSERT INTO oncely_schedules (task, created_at) VALUES (%(task)s, %(now)s)
+ON CONFLICT (task) DO NOTHING;
+
+-- name: schedule_list
+SELECT * FROM oncely_schedules ORDER BY task;
+
+-- name: schedule_touch
+-- A tick arrived for this task.
+UPDATE oncely_schedules SET last_tick_at = %(now)s WHERE task = %(task)s;
+
+-- name: schedule_set_paused
+UPDATE oncely_schedules SET paused = %(paused)s WHERE task = %(task)s RETURNING task;
+
+-- name: occurrence_insert
+-- Record an occurrence once: a second tick for the same (task, time) inserts nothing.
+INSERT INTO oncely_occurrences (task, scheduled_for, outcome, recorded_at)
+VALUES (%(task)s, %(scheduled_for)s, %(outcome)s, %(now)s)
+ON CONFLICT (task, scheduled_for) DO NOTHING
+RETURNING task;
+
+-- name: occurrence_set_job
+UPDATE oncely_occurrences SET job_id = %(job_id)s
+WHERE task = %(task)s AND scheduled_for = %(scheduled_for)s;
+
+-- name: schedule_advance
+-- The last occurrence seen only moves forward (a late or reordered tick cannot move it back).
+UPDATE oncely_schedules SET last_occurrence = %(scheduled_for)s
+WHERE task = %(task)s AND (last_occurrence IS NULL OR last_occurrence < %(scheduled_for)s);
+
+-- name: occurrence_list
+-- The most recent occurrences of a task.
+SELECT * FROM oncely_occurrences WHERE task = %(task)s ORDER BY scheduled_for DESC LIMIT %(limit)s;
+
+-- name: job_health
+-- What an external monitor alerts on: the oldest due job (queue lag) and recent deaths.
+SELECT
+    (SELECT min(run_at) FROM oncely_jobs
+     WHERE state IN ('pending', 'retrying') AND run_at <= %(now)s) AS oldest_due,
+    (SELECT count(*) FROM oncely_jobs
+     WHERE state = 'dead' AND finished_at >= %(since)s) AS dead_since;

@@ -23,8 +23,8 @@ WHERE key_hold = :key AND state = 'succeeded' AND finished_at < :retained_after;
 
 -- name: job_insert
 -- Insert a job; a job already holding the same key wins and nothing is inserted.
-INSERT INTO oncely_jobs (task, queue, args, key, key_hold, priority, run_at, created_at, max_attempts)
-VALUES (:task, :queue, :args, :key, :key, :priority, :run_at, :now, :max_attempts)
+INSERT INTO oncely_jobs (task, queue, args, key, key_hold, priority, run_at, created_at, max_attempts, scheduled_for)
+VALUES (:task, :queue, :args, :key, :key, :priority, :run_at, :now, :max_attempts, :scheduled_for)
 ON CONFLICT (key_hold) DO NOTHING
 RETURNING *;
 
@@ -152,3 +152,46 @@ RETURNING id;
 
 -- name: trigger_get
 SELECT * FROM oncely_triggers WHERE id = :id;
+
+-- name: schedule_register
+-- Know a periodic task from now on (missed occurrences are counted from its first sight).
+INSERT INTO oncely_schedules (task, created_at) VALUES (:task, :now)
+ON CONFLICT (task) DO NOTHING;
+
+-- name: schedule_list
+SELECT * FROM oncely_schedules ORDER BY task;
+
+-- name: schedule_touch
+-- A tick arrived for this task.
+UPDATE oncely_schedules SET last_tick_at = :now WHERE task = :task;
+
+-- name: schedule_set_paused
+UPDATE oncely_schedules SET paused = :paused WHERE task = :task RETURNING task;
+
+-- name: occurrence_insert
+-- Record an occurrence once: a second tick for the same (task, time) inserts nothing.
+INSERT INTO oncely_occurrences (task, scheduled_for, outcome, recorded_at)
+VALUES (:task, :scheduled_for, :outcome, :now)
+ON CONFLICT (task, scheduled_for) DO NOTHING
+RETURNING task;
+
+-- name: occurrence_set_job
+UPDATE oncely_occurrences SET job_id = :job_id
+WHERE task = :task AND scheduled_for = :scheduled_for;
+
+-- name: schedule_advance
+-- The last occurrence seen only moves forward (a late or reordered tick cannot move it back).
+UPDATE oncely_schedules SET last_occurrence = :scheduled_for
+WHERE task = :task AND (last_occurrence IS NULL OR last_occurrence < :scheduled_for);
+
+-- name: occurrence_list
+-- The most recent occurrences of a task.
+SELECT * FROM oncely_occurrences WHERE task = :task ORDER BY scheduled_for DESC LIMIT :limit;
+
+-- name: job_health
+-- What an external monitor alerts on: the oldest due job (queue lag) and recent deaths.
+SELECT
+    (SELECT min(run_at) FROM oncely_jobs
+     WHERE state IN ('pending', 'retrying') AND run_at <= :now) AS oldest_due,
+    (SELECT count(*) FROM oncely_jobs
+     WHERE state = 'dead' AND finished_at >= :since) AS dead_since;

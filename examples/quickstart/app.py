@@ -12,6 +12,6 @@ jobs = Oncely()  # the store comes from ONCELY_STORE (default sqlite:///oncely.d
 @jobs.task(max_attempts=5)
 async def send_welcome_email(user_id: int, *, job: Job) -> str:
     # A real app would send the email here, using job.idempotency_key as its Message-ID.
-    line = f"pid {os.getpid()}: welcome email to user #{user_id} (job {job.id}, attempt {job.attempt})"
-    print(line, flush=True)
+    print(f"pid {os.getpid()}: welcome email to user #{user_id} "
+          f"(job {job.id}, attempt {job.attempt})", flush=True)
     return f"sent to user #{user_id}"

@@ -222,7 +222,7 @@ async def test_opening_again_applies_no_migration_twice(store_url: str) -> None:
     for _ in range(2):
         s = open_store(store_url)
         await s.open(T0)
-        assert await s.schema_version() == (3, 3)
+        assert await s.schema_version() == (4, 4)
         await s.close()
 
 
@@ -269,3 +269,25 @@ async def test_a_failed_trigger_may_run_again(store: Store) -> None:
     again = await store.trigger_begin(**args, worker="b", now=T0, lease_until=T0 + LEASE)
     assert again is not None and again.fence == 2 and again.summary is None
     assert await store.trigger_get("missing") is None
+
+
+async def test_pruning_deletes_only_what_finished_before_the_cutoff(store: Store) -> None:
+    await store.job_insert(new(), T0, T0)
+    running, _ = await store.job_insert(new(), T0, T0)
+    [claimed_old, claimed_running] = await claim(store)
+    await store.job_complete([done(claimed_old)])
+    fresh, _ = await store.job_insert(new(), T0, T0)
+    [claimed_fresh] = await claim(store)
+    later = T0 + timedelta(days=8)
+    await store.job_complete([done(claimed_fresh, at=later)])
+    trigger = await store.trigger_begin(id="t", route="r", identity="i", worker="w", now=T0,
+                                        lease_until=T0 + LEASE)
+    assert trigger is not None
+    await store.trigger_finish(trigger, state="done", summary_json="{}", now=T0)
+    await store.occurrence_record(task="t", scheduled_for=T0, outcome="missed", job=None,
+                                  now=T0, retained_after=T0)
+    assert await store.prune(T0 + timedelta(days=7)) == 3
+    left = {j.id for j in await store.job_list()}
+    assert left == {running.id, fresh.id} and claimed_running.state is JobState.RUNNING
+    assert await store.trigger_get("t") is None and await store.occurrence_list("t") == []
+    assert await store.prune(T0 + timedelta(days=7)) == 0

@@ -112,6 +112,12 @@ class Oncely:
         )
         if self.settings.concurrency < 1 or self.settings.batch_size < 1:
             raise ConfigError("concurrency and batch_size must be at least 1")
+        if self.settings.retention < self.settings.key_retention:
+            raise ConfigError(
+                f"ONCELY_RETENTION_SECONDS ({self.settings.retention.total_seconds():g}) must be "
+                f"at least the key retention ({self.settings.key_retention.total_seconds():g}): "
+                "a pruned job can no longer hold its key"
+            )
         self.clock = clock
         self._worker_id = worker_id
         self._tasks: dict[str, Task] = {}
@@ -549,10 +555,12 @@ class Oncely:
         """Enqueue every periodic task's due occurrences, each exactly once."""
         from . import periodic
 
-        store = await self.astore()
-        return await periodic.tick(store, self._periodics, now=self.clock(),
-                                   grace=self.settings.schedule_grace,
-                                   retention=self.settings.key_retention)
+        store, now = await self.astore(), self.clock()
+        report = await periodic.tick(store, self._periodics, now=now,
+                                     grace=self.settings.schedule_grace,
+                                     retention=self.settings.key_retention)
+        report.pruned = await store.prune(now - self.settings.retention)
+        return report
 
     def tick(self) -> TickReport:
         return self._portal.run(self.atick())

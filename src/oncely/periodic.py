@@ -34,9 +34,11 @@ class TickReport:
     enqueued: list[dict[str, Any]] = field(default_factory=list)
     missed: list[dict[str, Any]] = field(default_factory=list)
     paused: list[str] = field(default_factory=list)
+    pruned: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"enqueued": self.enqueued, "missed": self.missed, "paused": self.paused}
+        return {"enqueued": self.enqueued, "missed": self.missed, "paused": self.paused,
+                "pruned": self.pruned}
 
 
 def occurrence_key(task: str, at: datetime) -> str:

@@ -379,6 +379,14 @@ class PostgresStore:
         [row] = await self._rows("job_health", {"now": now, "since": since})
         return row["oldest_due"], int(row["dead_since"])
 
+    async def prune(self, before: datetime, limit: int = 1000) -> int:
+        params = {"before": before, "limit": limit}
+        deleted = 0
+        async with self.connection() as conn:
+            for name in ("job_prune", "trigger_prune", "occurrence_prune"):
+                deleted += (await conn.execute(Q[name], params)).rowcount
+        return deleted
+
     # -- schedules -------------------------------------------------------------------
 
     async def schedule_register(self, tasks: Sequence[str], now: datetime) -> None:

@@ -62,6 +62,7 @@ class Settings:
     batch_size: int = 100
     key_retention: timedelta = timedelta(days=1)
     schedule_grace: timedelta = timedelta(minutes=2)
+    retention: timedelta = timedelta(days=7)
     health_max_lag: timedelta = timedelta(minutes=5)
     health_public: bool = True
     unmatched_events: str = "reject"
@@ -80,6 +81,8 @@ class Settings:
                                 cls.key_retention, "a number of seconds > 0"),
             schedule_grace=_read(environ, "ONCELY_SCHEDULE_GRACE_SECONDS", _seconds,
                                  cls.schedule_grace, "a number of seconds > 0"),
+            retention=_read(environ, "ONCELY_RETENTION_SECONDS", _seconds, cls.retention,
+                            "a number of seconds > 0"),
             health_max_lag=_read(environ, "ONCELY_HEALTH_MAX_LAG_SECONDS", _seconds,
                                  cls.health_max_lag, "a number of seconds > 0"),
             health_public=_read(environ, "ONCELY_HEALTH_PUBLIC", _flag, cls.health_public,

@@ -417,6 +417,15 @@ class SQLiteStore:
         row = await self._call(lambda conn: conn.execute(Q["job_health"], params).fetchone())
         return _dt(row["oldest_due"]), int(row["dead_since"])
 
+    async def prune(self, before: datetime, limit: int = 1000) -> int:
+        params = {"before": ts(before), "limit": limit}
+
+        def prune(conn: sqlite3.Connection) -> int:
+            names = ("job_prune", "trigger_prune", "occurrence_prune")
+            return sum(conn.execute(Q[name], params).rowcount for name in names)
+
+        return await self._write(prune)
+
     # -- schedules -------------------------------------------------------------------
 
     async def schedule_register(self, tasks: Sequence[str], now: datetime) -> None:

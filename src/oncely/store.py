@@ -118,6 +118,10 @@ class Store(Protocol):
     async def job_health(self, now: datetime, since: datetime) -> tuple[datetime | None, int]:
         """(run_at of the oldest due job, jobs that died since ``since``)."""
 
+    async def prune(self, before: datetime, limit: int = 1000) -> int:
+        """Delete finished jobs, finished triggers and occurrences older than ``before``
+        (at most ``limit`` of each); returns how many rows went."""
+
     async def schedule_register(self, tasks: Sequence[str], now: datetime) -> None:
         """Start tracking periodic tasks (existing ones are kept as they are)."""
 

@@ -195,3 +195,25 @@ SELECT
      WHERE state IN ('pending', 'retrying') AND run_at <= :now) AS oldest_due,
     (SELECT count(*) FROM oncely_jobs
      WHERE state = 'dead' AND finished_at >= :since) AS dead_since;
+
+-- name: job_prune
+-- Delete finished jobs older than the retention window, a bounded batch at a time.
+DELETE FROM oncely_jobs WHERE id IN (
+    SELECT id FROM oncely_jobs
+    WHERE state IN ('succeeded', 'dead', 'cancelled') AND finished_at < :before
+    LIMIT :limit
+);
+
+-- name: trigger_prune
+DELETE FROM oncely_triggers WHERE id IN (
+    SELECT id FROM oncely_triggers
+    WHERE state <> 'running' AND started_at < :before
+    LIMIT :limit
+);
+
+-- name: occurrence_prune
+DELETE FROM oncely_occurrences WHERE (task, scheduled_for) IN (
+    SELECT task, scheduled_for FROM oncely_occurrences
+    WHERE recorded_at < :before
+    LIMIT :limit
+);

@@ -268,14 +268,14 @@ class Runner:
 
     def _account(self, job: Job, completion: Completion, written: bool) -> None:
         s = self.summary
-        fields = {
-            "job_id": job.id,
-            "task": job.task,
-            "attempt": job.attempt,
-            "worker": self.worker,
-            "key": job.key,
-            **self.context,
-        }
+        if written and completion.state is JobState.SUCCEEDED:  # the hot path: keep it lean
+            s.job_ids.append(job.id)
+            s.succeeded += 1
+            if log.isEnabledFor(logging.INFO):
+                log.info("job %s succeeded", job.id,
+                         extra={"event": "job.succeeded", **self._fields(job)})
+            return
+        fields = self._fields(job)
         if not written:
             s.fenced_out += 1
             log.warning(
@@ -285,10 +285,7 @@ class Runner:
             )
             return
         s.job_ids.append(job.id)
-        if completion.state is JobState.SUCCEEDED:
-            s.succeeded += 1
-            log.info("job %s succeeded", job.id, extra={"event": "job.succeeded", **fields})
-        elif completion.state is JobState.RETRYING:
+        if completion.state is JobState.RETRYING:
             s.failed += 1
             log.warning(
                 "job %s failed, retrying at %s", job.id, completion.run_at,
@@ -301,6 +298,10 @@ class Runner:
                 "job %s is dead after %s attempts", job.id, job.attempt,
                 extra={"event": "job.dead", **fields},
             )
+
+    def _fields(self, job: Job) -> dict[str, Any]:
+        return {"job_id": job.id, "task": job.task, "attempt": job.attempt,
+                "worker": self.worker, "key": job.key, **self.context}
 
     async def renew(self, jobs: Sequence[Job]) -> bool:
         """Extend the leases of ``jobs``; marks and logs the ones this worker lost."""

@@ -235,3 +235,12 @@ DELETE FROM oncely_occurrences WHERE (task, scheduled_for) IN (
     WHERE recorded_at < %(before)s
     LIMIT %(limit)s
 );
+
+-- name: job_complete_succeeded
+-- The common outcome in a lighter statement: jobs that succeeded, fenced as in
+-- job_complete, all recorded as finished at %(at)s (when the batch was written).
+UPDATE oncely_jobs AS j
+SET state = 'succeeded', result = c.result::jsonb, finished_at = %(at)s, lease_expires_at = NULL
+FROM unnest(%(ids)s::bigint[], %(fences)s::integer[], %(results)s::text[]) AS c(id, fence, result)
+WHERE j.id = c.id AND j.fence = c.fence AND j.state = 'running'
+RETURNING j.id;

@@ -173,8 +173,11 @@ def test_bearer_wrong_token_is_401_and_never_echoes_secrets() -> None:
         assert error.status == 401 and error.scheme == "bearer"
         assert error.headers == {"WWW-Authenticate": 'Bearer realm="oncely"'}
         assert TOKEN_1 not in str(error) and (not wrong or wrong not in str(error))
-    # another scheme in the Authorization header is not a bearer credential
-    assert refuse(auth, make_request({"Authorization": f"Basic {TOKEN_1}"})).detail.startswith(
+    # Basic auth carries the token as its password, base64-encoded: a raw token is refused
+    raw_basic = refuse(auth, make_request({"Authorization": f"Basic {TOKEN_1}"}))
+    assert raw_basic.status == 401 and TOKEN_1 not in raw_basic.detail
+    # another scheme in the Authorization header is not a token credential
+    assert refuse(auth, make_request({"Authorization": f"Digest {TOKEN_1}"})).detail.startswith(
         "Missing"
     )
 
@@ -528,3 +531,17 @@ def test_request_headers_are_case_insensitive() -> None:
     req = AuthRequest("POST", URL, {"AUTHORIZATION": f"Bearer {TOKEN_1}"}, b"", NOW)
     assert req.headers == {"authorization": f"Bearer {TOKEN_1}"}
     assert accept(Authenticator([BearerTokenVerifier([TOKEN_1])]), req).scheme == "bearer"
+
+
+def test_static_tokens_are_accepted_as_the_basic_auth_password_as_sns_sends_them() -> None:
+    import base64 as b64
+
+    auth = Authenticator([BearerTokenVerifier(["a-very-long-token-0001"])])
+
+    def basic(user_password: str) -> dict[str, str]:
+        return {"Authorization": "Basic " + b64.b64encode(user_password.encode()).decode()}
+
+    assert accept(auth, make_request(headers=basic("sns:a-very-long-token-0001"))).scheme \
+        == "bearer"
+    assert refuse(auth, make_request(headers=basic("sns:wrong-token-000000000"))).status == 401
+    assert refuse(auth, make_request(headers={"Authorization": "Basic !!!"})).status == 401

@@ -146,17 +146,25 @@ def test_unmatched_events_are_refused_or_acknowledged_as_configured(
     assert ack.status_code == 200 and ack.json()["unmatched"] == ["aws.s3.ObjectCreated:Put"]
 
 
-def test_an_sns_subscription_confirmation_is_answered_and_runs_nothing(
+def test_an_sns_subscription_confirmation_is_confirmed_by_visiting_its_url(
     client: httpx.Client,
 ) -> None:
+    """SNS authenticates with Basic auth (the token as password in the endpoint URL). This
+    machine cannot reach AWS, so the visit fails, and the answer is a 502 for SNS to retry;
+    nothing is enqueued."""
     body = (FIXTURES / "sns-subscription-confirmation.json").read_bytes()
+    basic = base64.b64encode(f"sns:{TOKEN}".encode()).decode()
     response = client.post("/jobs/events", content=body, headers={
-        **AUTH, "Content-Type": "text/plain; charset=UTF-8",
+        "Authorization": f"Basic {basic}", "Content-Type": "text/plain; charset=UTF-8",
         "x-amz-sns-message-type": "SubscriptionConfirmation"})
-    assert response.status_code == 200
-    assert response.json()["control"] == "sns-subscription-confirmation"
-    assert response.json()["subscribe_url"].startswith("https://sns.")
+    assert response.status_code == 502, response.text
+    detail = response.json()["detail"]
+    assert "could not confirm the SNS subscription at https://sns." in detail
     assert client.get("/jobs", headers=AUTH).json()["jobs"] == []
+    test_event = (FIXTURES / "s3-test-event.json").read_bytes()
+    ack = client.post("/jobs/events", content=test_event, headers={
+        **AUTH, "Content-Type": "application/json"})
+    assert ack.status_code == 200 and ack.json()["control"] == "s3-test-event"
 
 
 def test_bad_deliveries_get_problem_json(client: httpx.Client) -> None:

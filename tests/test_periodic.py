@@ -201,3 +201,28 @@ def test_the_cli_shows_last_run_next_run_and_misses_and_pauses(
     assert "enqueued job" in capsys.readouterr().out
     assert cli(["schedules", "pause", "nope", *argv]) == 1
     assert "unknown task 'nope'" in capsys.readouterr().err
+
+
+def test_oncely_export_prints_the_declared_schedules_for_a_platform(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    argv = ["--app", "periodic_app:jobs", "--store", f"sqlite:///{tmp_path}/x.db"]
+    assert cli(["export", "k8s-cronjob", "--mode", "per-task", "--target",
+                "https://app.example", *argv]) == 0
+    docs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
+    crons = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "CronJob"}
+    assert len(crons) == 2
+    berlin = next(s for n, s in crons.items() if "cleanup" in n)
+    assert berlin["schedule"] == "*/5 * * * *" and berlin["timeZone"] == "Europe/Berlin"
+    assert berlin["concurrencyPolicy"] == "Forbid"
+    assert cli(["export", "gcloud", "--target", "https://app.example", *argv]) == 0
+    script = capsys.readouterr().out
+    assert "gcloud scheduler jobs create http" in script and "/jobs/tick" in script
+    assert cli(["export", "github-actions", "--mode", "per-task", "--target",
+                "https://app.example", *argv]) == 0
+    workflow = yaml.safe_load(capsys.readouterr().out)
+    # GitHub's schedule is UTC: "*/5" in Berlin is the same instants in UTC
+    triggers = workflow.get("on") or workflow[True]  # YAML 1.1 reads a bare on as True
+    assert {c["cron"] for c in triggers["schedule"]} == {"*/5 * * * *", "0 * * * *"}

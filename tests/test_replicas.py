@@ -173,3 +173,21 @@ def test_twenty_concurrent_ticks_across_three_replicas_make_one_job_per_occurren
     assert all(j.state is JobState.SUCCEEDED for j in pulses)
     ran = Counter(job_id for job_id, _, phase, _ in ledger_rows(ledger) if phase == "pulse")
     assert sorted(ran) == sorted(j.id for j in pulses) and set(ran.values()) == {1}
+
+
+def test_serve_with_several_workers_answers_and_processes(
+    store_url: str, ledger: str, tmp_path: Path
+) -> None:
+    environ = env_with(ONCELY_STORE=store_url, LEDGER=ledger, ONCELY_TOKENS=TOKEN,
+                       TMPDIR=str(tmp_path))
+    server = ServeProcess(environ, "--workers", "2")
+    try:
+        server.wait_ready()
+        job = httpx.post(f"{server.url}/jobs", headers=AUTH, json={
+            "task": "record", "args": {"n": 1}}).json()
+        done = httpx.post(f"{server.url}/jobs/process", headers=AUTH, timeout=30).json()
+        assert done["job_ids"] == [job["id"]]
+        replicas = {httpx.get(f"{server.url}/healthz").json()["replica"] for _ in range(20)}
+        assert all(r.rsplit(":", 1)[-1].isdigit() for r in replicas)
+    finally:
+        server.stop()

@@ -91,6 +91,18 @@ def _bearer(headers: Mapping[str, str]) -> str | None:
     return (value.strip() or None) if kind.lower() == "bearer" else None
 
 
+def _basic_password(headers: Mapping[str, str]) -> str | None:
+    """The password of ``Authorization: Basic base64(user:password)``, or None."""
+    kind, _, value = headers.get("authorization", "").strip().partition(" ")
+    if kind.lower() != "basic" or not value.strip():
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    return decoded.partition(":")[2]
+
+
 def _first_match(given: bytes, candidates: Sequence[bytes]) -> int:
     """1-based index of the candidate equal to ``given``, 0 if none; checks all in constant time."""
     found = 0
@@ -127,7 +139,11 @@ def _check_times(v: Verifier, claims: Mapping[str, Any], now: float, leeway: flo
 
 
 class BearerTokenVerifier:
-    """``Authorization: Bearer <token>`` against several static tokens (for rotation)."""
+    """``Authorization: Bearer <token>`` against several static tokens (for rotation).
+
+    The same tokens are accepted as the password of HTTP Basic auth (any user name), for
+    senders that can only put credentials in the URL, such as Amazon SNS
+    (``https://oncely:<token>@app.example/jobs/events``)."""
 
     scheme = "bearer"
     challenge = 'Bearer realm="oncely"'
@@ -139,13 +155,15 @@ class BearerTokenVerifier:
         self._digests = [hashlib.sha256(t.encode()).digest() for t in tokens]
 
     def applies(self, headers: Mapping[str, str]) -> bool:
-        return _bearer(headers) is not None
+        return _bearer(headers) is not None or _basic_password(headers) is not None
 
     async def verify(self, request: AuthRequest) -> Principal:
-        presented = hashlib.sha256((_bearer(request.headers) or "").encode()).digest()
+        token = _bearer(request.headers) or _basic_password(request.headers) or ""
+        presented = hashlib.sha256(token.encode()).digest()
         index = _first_match(presented, self._digests)
         if not index:
-            raise _deny(self, "The bearer token is not one of the configured ONCELY_TOKENS.")
+            raise _deny(self, "The token (bearer, or Basic auth password) is not one of the "
+                        "configured ONCELY_TOKENS.")
         return Principal(self.scheme, f"token#{index}")
 
 

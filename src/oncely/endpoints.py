@@ -385,7 +385,7 @@ class Api:
         each event becomes one job keyed by (source, id); a redelivery runs nothing."""
         parsed = parse_delivery(request.headers, body)
         if isinstance(parsed, Control):
-            return _control(parsed)
+            return await _control(parsed)
         routed = [(event, self.jobs.event_task(event.type)) for event in parsed]
         unmatched = sorted({e.type for e, task in routed if task is None})
         if unmatched and self.jobs.settings.unmatched_events == "reject":
@@ -625,14 +625,29 @@ def _budget(raw: str | None) -> float:
     return value
 
 
-def _control(control: Control) -> Response:
-    """Answer a delivery that is not an event. An SNS subscription is confirmed by visiting
-    its SubscribeURL; oncely does not verify SNS signatures, so it logs the URL for an
-    operator to confirm rather than fetching it on an unverified request's word."""
+async def _control(control: Control) -> Response:
+    """Answer a delivery that is not an event. An SNS subscription is confirmed as SNS
+    expects, by visiting its SubscribeURL. The request was authenticated (SNS sends the
+    token as the Basic auth password of the endpoint URL) and the URL is checked to be
+    https on an SNS host (``events.parse_delivery``); SNS message signatures are not
+    verified. If the visit fails the answer is 502, so SNS delivers the confirmation again."""
+    confirmed = False
+    if control.kind == "sns-subscription-confirmation" and control.subscribe_url:
+        import httpx
+
+        try:
+            async with httpx.AsyncClient(timeout=10) as client:
+                (await client.get(control.subscribe_url)).raise_for_status()
+        except httpx.HTTPError as exc:
+            raise Problem(502, "Bad Gateway", f"could not confirm the SNS subscription at "
+                          f"{control.subscribe_url}: {type(exc).__name__}: {exc}; SNS will "
+                          "deliver the confirmation again", slug="sns-confirmation") from None
+        confirmed = True
     log.warning("%s: %s", control.kind, control.message,
-                extra={"event": f"events.{control.kind}", "subscribe_url": control.subscribe_url})
+                extra={"event": f"events.{control.kind}", "confirmed": confirmed,
+                       "subscribe_url": control.subscribe_url})
     return JSONResponse({"control": control.kind, "message": control.message,
-                         "subscribe_url": control.subscribe_url})
+                         "subscribe_url": control.subscribe_url, "confirmed": confirmed})
 
 
 def _at(raw: str | None) -> datetime | None:

@@ -191,6 +191,9 @@ async def naive_timer() -> None:
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await jobs.astore()  # connect and migrate before taking traffic
+    # enqueue(conn=) runs on a private loop with a store of its own: open that one now
+    # too, as on SQLite opening it inside a signup's write transaction would wait for it
+    await asyncio.to_thread(jobs.migrate)
     await asyncio.to_thread(create_users)
     timer = asyncio.create_task(naive_timer()) if NAIVE else None
     yield

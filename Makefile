@@ -1,10 +1,10 @@
 # Two commands set everything up on a fresh machine:
-#   make demo   - installs oncely in .venv and runs the example on the embedded store
+#   make demo   - installs oncely in .venv and runs `oncely demo` on the embedded store
 #   make test   - installs oncely in .venv and runs lint, types and the whole test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench
+.PHONY: demo quickstart test bench bench-all
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -12,7 +12,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# The story, end to end: 3 replicas behind one port, a real SMTP server, the built-in
+# scheduler, signups; first the story's timers (duplicates), then oncely under chaos.
 demo: $(VENV)/.installed
+	$(VENV)/bin/oncely demo --naive --chaos
+
+quickstart: $(VENV)/.installed
 	bash examples/quickstart/run.sh
 
 test: $(VENV)/.installed
@@ -22,3 +27,8 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/process_rate.py
+
+# issue 7: oncely vs Procrastinate, PgQueuer and plain SKIP LOCKED loops -> bench/RESULTS.md
+bench-all: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) bench/run.py

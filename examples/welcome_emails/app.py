@@ -141,7 +141,8 @@ async def send_welcome_email(user_id: int, *, job: Job) -> str:
     completes, the job runs again after its lease expires: the Message-ID comes from the
     job's key, so the copy is recognisably the same email (receivers deduplicate on it)."""
     to = await asyncio.to_thread(email_of, user_id)
-    await send_email(to, f"<{job.idempotency_key}@oncely.example>")
+    local_part = job.idempotency_key.replace(":", ".")  # welcome:42: ':' is not allowed there
+    await send_email(to, f"<{local_part}@oncely.example>")
     return to
 
 
@@ -168,10 +169,14 @@ def mark_welcomed(user_id: int) -> None:
         conn.execute(f"UPDATE users SET welcomed = true WHERE id = {mark}", (user_id,))
 
 
+async def welcome(user_id: int, email: str) -> None:
+    await send_email(email, make_msgid(domain="oncely.example"))
+    await asyncio.to_thread(mark_welcomed, user_id)
+
+
 async def check_pending_users() -> None:
-    for user_id, email in await asyncio.to_thread(unwelcomed):
-        await send_email(email, make_msgid(domain="oncely.example"))
-        await asyncio.to_thread(mark_welcomed, user_id)
+    pending = await asyncio.to_thread(unwelcomed)
+    await asyncio.gather(*(welcome(user_id, email) for user_id, email in pending))
 
 
 async def naive_timer() -> None:

@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", parents=[common], help="create or upgrade the store's schema")
+    sub.add_parser("demo", add_help=False,
+                   help="the story end to end: replicas, SMTP, scheduler, chaos (see --help)")
 
     enqueue = sub.add_parser("enqueue", parents=[common], help="enqueue one job")
     enqueue.add_argument("task")
@@ -232,7 +234,12 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if raw[:1] == ["demo"]:  # the demo has its own options (oncely demo --help)
+        from .demo import main as demo_main
+
+        return demo_main(raw[1:])
+    args = _parser().parse_args(raw)
     long_running = args.command in ("serve", "scheduler")
     args.log_level = (args.log_level or ("INFO" if long_running else "WARNING")).upper()
     logs.configure(args.log_level)

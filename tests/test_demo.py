@@ -51,7 +51,7 @@ def assert_exactly_once(verdict: dict[str, Any]) -> None:
 
 
 def test_chaos_on_sqlite_every_signup_gets_exactly_one_email(tmp_path: Path) -> None:
-    code, [verdict] = run_demo(tmp_path, "--chaos", "--duration", "12", "--rate", "10",
+    code, [verdict] = run_demo(tmp_path, "--chaos", "--duration", "25", "--rate", "10",
                                "--seed", "1")
     assert code == 0
     assert_exactly_once(verdict)
@@ -59,7 +59,7 @@ def test_chaos_on_sqlite_every_signup_gets_exactly_one_email(tmp_path: Path) -> 
 
 
 def test_chaos_on_postgres_kills_replicas_and_connections(tmp_path: Path, pg_url: str) -> None:
-    code, [verdict] = run_demo(tmp_path, "--chaos", "--duration", "12", "--rate", "10",
+    code, [verdict] = run_demo(tmp_path, "--chaos", "--duration", "25", "--rate", "10",
                                "--seed", "2", "--store", pg_url)
     assert code == 0
     assert_exactly_once(verdict)

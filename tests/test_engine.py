@@ -422,3 +422,26 @@ def test_a_handler_taking_conn_needs_postgres(tmp_path, clock: FakeClock) -> Non
 
         @app.task
         def sync_credit(*, conn: Any) -> None: ...
+
+
+def test_enqueue_on_a_sqlite_connection_holding_its_write_lock_does_not_block(
+    tmp_path, clock: FakeClock  # type: ignore[no-untyped-def]
+) -> None:
+    """The first enqueue(conn=...) of a process opens the store; on a migrated database
+    that takes no write lock, so the caller's own open transaction does not block it."""
+    path = tmp_path / "app.db"
+    with Oncely(f"sqlite:///{path}?busy_timeout=2", environ={}) as first:
+        first.migrate()
+    app = Oncely(f"sqlite:///{path}?busy_timeout=2", clock=clock, environ={})
+
+    @app.task
+    def welcome(user_id: int) -> None: ...
+
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+    conn.execute("INSERT INTO users VALUES (1)")  # the caller now holds the write lock
+    job = app.enqueue(welcome, user_id=1, conn=conn)
+    conn.commit()
+    conn.close()
+    assert app.get(job.id).args == {"user_id": 1}
+    app.close()

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import DictRow, dict_row
+from psycopg.rows import DictRow, dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 from . import queries
@@ -269,11 +269,22 @@ class PostgresStore:
         self, *, tasks: Sequence[str], queues: Sequence[str] | None, limit: int, worker: str,
         now: datetime, lease_until: datetime,
     ) -> list[JobRecord]:
-        rows = await self._rows("job_claim", {
+        params = {
             "tasks": list(tasks), "queues": list(queues) if queues is not None else None,
             "limit": limit, "worker": worker, "now": now, "lease_until": lease_until,
-        })
-        jobs = [to_record(r) for r in rows]
+        }
+        async with self.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+            await cur.execute(Q["job_claim"], params)
+            rows = await cur.fetchall()
+        # the columns job_claim returns, in order; the rest are what the claim set
+        running = JobState.RUNNING
+        jobs = [
+            JobRecord(id=i, task=t, queue=q, args=a, key=k, state=running, priority=p, run_at=r,
+                      created_at=c, attempt=n, max_attempts=m, fence=f, attempted_at=now,
+                      attempted_by=worker, lease_expires_at=lease_until, finished_at=None,
+                      result=res, errors=e, scheduled_for=s)
+            for i, t, q, a, k, p, r, c, n, m, f, res, e, s in rows
+        ]
         jobs.sort(key=lambda j: (j.priority, j.run_at, j.id))
         return jobs
 
@@ -297,7 +308,9 @@ class PostgresStore:
             if ok:
                 cur = await conn.execute(Q["job_complete_succeeded"], {
                     "ids": [c.id for c in ok], "fences": [c.fence for c in ok],
-                    "results": [c.result_json for c in ok], "at": max(c.at for c in ok),
+                    "results": [c.result_json for c in ok]
+                    if any(c.result_json is not None for c in ok) else None,
+                    "at": max(c.at for c in ok),
                 }, prepare=False)
                 written.update(r["id"] for r in await cur.fetchall())
             if rest:

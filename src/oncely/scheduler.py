@@ -195,6 +195,10 @@ class Scheduler:
                 task.add_done_callback(running.discard)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.next_wakeup(self.clock()))
+        # Stopping: let firings in flight finish and record themselves (a cancelled one
+        # would leave its claim to expire), within one attempt deadline.
+        if running:
+            await asyncio.wait(running, timeout=self.policy.attempt_deadline)
         for task in running:
             task.cancel()
 

@@ -216,10 +216,22 @@ class SQLiteStore:
 
         try:
             self._conn = await asyncio.get_running_loop().run_in_executor(self._executor, connect)
-            await self._write(lambda conn: self._migrate(conn, now))
+            if await self._call(self._needs_migration):
+                await self._write(lambda conn: self._migrate(conn, now))
         except BaseException:
             await self.close()
             raise
+
+    def _needs_migration(self, conn: sqlite3.Connection) -> bool:
+        """Read-only, so opening a migrated database takes no write lock (a caller that
+        holds one in its own transaction, for ``enqueue(conn=...)``, is not blocked)."""
+        exists = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'oncely_schema'"
+        ).fetchone()
+        if exists is None:
+            return True
+        current = conn.execute(Q["schema_version"]).fetchone()["version"]
+        return bool(current != len(queries.migrations(self.dialect)))
 
     def _migrate(self, conn: sqlite3.Connection, now: datetime) -> None:
         conn.execute(Q["schema_create"])
@@ -279,10 +291,23 @@ class SQLiteStore:
             "limit": limit, "worker": worker, "now": ts(now), "lease_until": ts(lease_until),
         }
 
-        def claim(conn: sqlite3.Connection) -> list[JobRecord]:
-            return [to_record(row) for row in conn.execute(Q["job_claim"], params).fetchall()]
+        def claim(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            cur = conn.cursor()
+            cur.row_factory = None
+            return cur.execute(Q["job_claim"], params).fetchall()
 
-        jobs = await self._write(claim)
+        rows = await self._write(claim)
+        # the columns job_claim returns, in order; the rest are what the claim set
+        running, loads, parse = JobState.RUNNING, json.loads, datetime.fromisoformat
+        jobs = [
+            JobRecord(id=i, task=t, queue=q, args=loads(a), key=k, state=running, priority=p,
+                      run_at=parse(r), created_at=parse(c), attempt=n, max_attempts=m, fence=f,
+                      attempted_at=now, attempted_by=worker, lease_expires_at=lease_until,
+                      finished_at=None, result=loads(res) if res is not None else None,
+                      errors=loads(e), scheduled_for=_dt(s))
+            for i, t, q, a, k, p, r, c, n, m, f, res, e, s in rows
+        ]
+
         jobs.sort(key=lambda j: (j.priority, j.run_at, j.id))
         return jobs
 
@@ -304,9 +329,17 @@ class SQLiteStore:
         return await self._write(beat)
 
     async def job_complete(self, completions: Sequence[Completion]) -> set[int]:
+        ok = [c for c in completions if c.state is JobState.SUCCEEDED]
+        rest = [c for c in completions if c.state is not JobState.SUCCEEDED]
+        done = json.dumps([[c.id, c.fence, c.result_json] for c in ok])
+        at = ts(max(c.at for c in ok)) if ok else None
+
         def complete(conn: sqlite3.Connection) -> set[int]:
-            written = set()
-            for c in completions:
+            written: set[int] = set()
+            if ok:
+                rows = conn.execute(Q["job_complete_succeeded"], {"done": done, "at": at})
+                written.update(r[0] for r in rows)
+            for c in rest:
                 cur = conn.execute(Q["job_complete"], {
                     "id": c.id, "fence": c.fence, "state": str(c.state), "result": c.result_json,
                     "error": c.error_json, "run_at": ts(c.run_at) if c.run_at else None,

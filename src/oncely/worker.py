@@ -127,12 +127,18 @@ class Runner:
         self.loop = asyncio.get_running_loop()
         self.summary = Summary()
         self._running: dict[asyncio.Task[tuple[Completion, bool | None]], Job] = {}
+        self._finished: list[tuple[Job, tuple[Completion, bool | None]]] = []
+        self._wake = asyncio.Event()
+        self._crashed: asyncio.Task[tuple[Completion, bool | None]] | None = None
 
     async def run(self, budget: float) -> Summary:
+        """Claim, run and complete until no job is due or the budget is spent. Writing a
+        batch's outcomes overlaps with running (and claiming) the next batch."""
         started = time.monotonic()
         deadline = started + budget
         names = list(self.tasks)
         error: StoreError | None = None
+        writing: asyncio.Task[None] | None = None
         heartbeat = asyncio.create_task(self._heartbeat_forever())
         try:
             try:
@@ -142,8 +148,9 @@ class Runner:
             last_claim_empty = False
             while True:
                 free = self.concurrency - len(self._running)
+                idle = not self._running and not self._finished and writing is None
                 claiming = error is None and time.monotonic() < deadline and free > 0 and (
-                    not self._running or (not last_claim_empty and free * 2 >= self.concurrency)
+                    idle or (not last_claim_empty and free * 2 >= self.concurrency)
                 )
                 if claiming:
                     try:
@@ -152,19 +159,26 @@ class Runner:
                         error, claimed = exc, []
                     last_claim_empty = not claimed
                     for record in claimed:
-                        job = Job(record, self)
-                        self._running[asyncio.create_task(self._attempt(job))] = job
-                if not self._running:
+                        self._start(Job(record, self))
+                if writing is None and self._finished:
+                    writing = asyncio.create_task(self._finish(self._finished))
+                    writing.add_done_callback(lambda _: self._wake.set())
+                    self._finished = []
+                if not self._running and writing is None:
                     break
-                done, _ = await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
-                outcomes = [(self._running.pop(t), t.result()) for t in done]
-                try:
-                    await self._finish(outcomes)
-                except StoreError as exc:
-                    error = exc
+                await self._wake.wait()
+                self._wake.clear()
+                if self._crashed is not None:
+                    self._crashed.result()
+                if writing is not None and writing.done():
+                    try:
+                        writing.result()
+                    except StoreError as exc:
+                        error = exc
+                    writing = None
         finally:
             heartbeat.cancel()
-            for task in self._running:
+            for task in [*self._running, *([writing] if writing else [])]:
                 task.cancel()
         if error is not None:
             raise error
@@ -173,6 +187,21 @@ class Runner:
         )
         self.summary.elapsed = time.monotonic() - started
         return self.summary
+
+    def _start(self, job: Job) -> None:
+        task = self.loop.create_task(self._attempt(job))
+        self._running[task] = job
+        task.add_done_callback(self._attempted)
+
+    def _attempted(self, task: asyncio.Task[tuple[Completion, bool | None]]) -> None:
+        job = self._running.pop(task)
+        if task.cancelled():
+            return
+        if task.exception() is not None:  # not an Exception (those are outcomes): re-raise
+            self._crashed = task
+        else:
+            self._finished.append((job, task.result()))
+        self._wake.set()
 
     async def _rescue(self) -> None:
         for rescued in await self.store.job_rescue(self.clock()):

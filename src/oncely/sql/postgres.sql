@@ -47,7 +47,8 @@ RETURNING id;
 
 -- name: job_claim
 -- Claim up to %(limit)s due jobs of the given tasks in priority order, skipping rows
--- another worker holds. Each claimed job gets a lease and a new fence.
+-- another worker holds. Each claimed job gets a lease and a new fence. Returns only
+-- the columns the claim did not set itself (the store fills in the rest).
 WITH picked AS (
     SELECT id FROM oncely_jobs
     WHERE state IN ('pending', 'retrying') AND run_at <= %(now)s
@@ -62,7 +63,8 @@ SET state = 'running', attempt = j.attempt + 1, fence = j.fence + 1,
     attempted_at = %(now)s, attempted_by = %(worker)s, lease_expires_at = %(lease_until)s
 FROM picked
 WHERE j.id = picked.id
-RETURNING j.*;
+RETURNING j.id, j.task, j.queue, j.args, j.key, j.priority, j.run_at, j.created_at, j.attempt,
+    j.max_attempts, j.fence, j.result, j.errors, j.scheduled_for;
 
 -- name: job_heartbeat
 -- Extend the leases of jobs this worker still holds; returns the ids it still holds.
@@ -239,6 +241,7 @@ DELETE FROM oncely_occurrences WHERE (task, scheduled_for) IN (
 -- name: job_complete_succeeded
 -- The common outcome in a lighter statement: jobs that succeeded, fenced as in
 -- job_complete, all recorded as finished at %(at)s (when the batch was written).
+-- %(results)s may be NULL when no job returned anything (unnest pads it with NULLs).
 UPDATE oncely_jobs AS j
 SET state = 'succeeded', result = c.result::jsonb, finished_at = %(at)s, lease_expires_at = NULL
 FROM unnest(%(ids)s::bigint[], %(fences)s::integer[], %(results)s::text[]) AS c(id, fence, result)

@@ -41,19 +41,22 @@ RETURNING id;
 -- name: job_claim
 -- Claim up to :limit due jobs of the given tasks in priority order, inside a
 -- BEGIN IMMEDIATE transaction (SQLite has one writer at a time, so no row is seen
--- by two claimers). Each claimed job gets a lease and a new fence.
+-- by two claimers). Each claimed job gets a lease and a new fence. Returns only the
+-- columns the claim did not set itself (the store fills in the rest). INDEXED BY: left
+-- to itself, SQLite reads the (state, id) index and sorts every due job on each claim.
 UPDATE oncely_jobs
 SET state = 'running', attempt = attempt + 1, fence = fence + 1,
     attempted_at = :now, attempted_by = :worker, lease_expires_at = :lease_until
 WHERE id IN (
-    SELECT id FROM oncely_jobs
+    SELECT id FROM oncely_jobs INDEXED BY oncely_jobs_due
     WHERE state IN ('pending', 'retrying') AND run_at <= :now
       AND task IN (SELECT value FROM json_each(:tasks))
       AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
     ORDER BY priority, run_at, id
     LIMIT :limit
 )
-RETURNING *;
+RETURNING id, task, queue, args, key, priority, run_at, created_at, attempt, max_attempts, fence,
+    result, errors, scheduled_for;
 
 -- name: job_heartbeat
 -- Extend the lease of one job this worker still holds.
@@ -217,3 +220,16 @@ DELETE FROM oncely_occurrences WHERE (task, scheduled_for) IN (
     WHERE recorded_at < :before
     LIMIT :limit
 );
+
+-- name: job_complete_succeeded
+-- The common outcome in one statement for a batch: jobs that succeeded, fenced as in
+-- job_complete. :done is a JSON array of [id, fence, result JSON or null]. Returns the
+-- ids written; the others lost their lease. (The + keeps the planner off the state
+-- index, so it looks the batch up by id instead of scanning every running row.)
+UPDATE oncely_jobs
+SET state = 'succeeded', result = c.result, finished_at = :at, lease_expires_at = NULL
+FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS fence,
+             json_extract(value, '$[2]') AS result
+      FROM json_each(:done)) AS c
+WHERE oncely_jobs.id = c.id AND oncely_jobs.fence = c.fence AND +oncely_jobs.state = 'running'
+RETURNING oncely_jobs.id;

@@ -4,7 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo quickstart test bench bench-all
+.PHONY: demo quickstart test postgres-binaries bench bench-all
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,7 +20,14 @@ demo: $(VENV)/.installed
 quickstart: $(VENV)/.installed
 	bash examples/quickstart/run.sh
 
-test: $(VENV)/.installed
+# The tests use a PostgreSQL server on 127.0.0.1:5432 if there is one, else start a
+# throwaway cluster from the server binaries, which this installs when they are missing.
+postgres-binaries:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+	  { echo "installing PostgreSQL server binaries for the tests"; \
+	    apt-get update -qq && apt-get install -y -qq postgresql; }
+
+test: $(VENV)/.installed postgres-binaries
 	$(PY) -m ruff check src tests bench examples
 	$(PY) -m mypy
 	$(PY) -m pytest

@@ -303,9 +303,9 @@ class SQLiteStore:
             JobRecord(id=i, task=t, queue=q, args=loads(a), key=k, state=running, priority=p,
                       run_at=parse(r), created_at=parse(c), attempt=n, max_attempts=m, fence=f,
                       attempted_at=now, attempted_by=worker, lease_expires_at=lease_until,
-                      finished_at=None, result=loads(res) if res is not None else None,
-                      errors=loads(e), scheduled_for=_dt(s))
-            for i, t, q, a, k, p, r, c, n, m, f, res, e, s in rows
+                      finished_at=None, result=None, errors=loads(e) if e is not None else [],
+                      scheduled_for=_dt(s))
+            for i, t, q, a, k, p, r, c, n, m, f, e, s in rows
         ]
 
         jobs.sort(key=lambda j: (j.priority, j.run_at, j.id))

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("oncely")
 Clock = Callable[[], datetime]
+#: what one attempt ended with: (completion, value, written); see Runner._outcome
+Outcome = tuple[Completion | None, Any, bool | None]
 
 
 @dataclass(slots=True)
@@ -58,6 +60,21 @@ class Summary:
 
 class Job:
     """What a handler sees as ``job``: identity, attempt, and a way to renew its lease."""
+
+    __slots__ = (
+        "_runner",
+        "args",
+        "attempt",
+        "id",
+        "key",
+        "lease_lost",
+        "max_attempts",
+        "queue",
+        "record",
+        "run_at",
+        "scheduled_for",
+        "task",
+    )
 
     def __init__(self, record: JobRecord, runner: Runner):
         self.record = record
@@ -126,10 +143,10 @@ class Runner:
         self.context = dict(context or {})
         self.loop = asyncio.get_running_loop()
         self.summary = Summary()
-        self._running: dict[asyncio.Task[tuple[Completion, bool | None]], Job] = {}
-        self._finished: list[tuple[Job, tuple[Completion, bool | None]]] = []
+        self._running: dict[Job, asyncio.Task[None]] = {}
+        self._finished: list[tuple[Job, Outcome]] = []
         self._wake = asyncio.Event()
-        self._crashed: asyncio.Task[tuple[Completion, bool | None]] | None = None
+        self._crashed: asyncio.Task[Any] | None = None
 
     async def run(self, budget: float) -> Summary:
         """Claim, run and complete until no job is due or the budget is spent. Writing a
@@ -178,7 +195,7 @@ class Runner:
                     writing = None
         finally:
             heartbeat.cancel()
-            for task in [*self._running, *([writing] if writing else [])]:
+            for task in [*self._running.values(), *([writing] if writing else [])]:
                 task.cancel()
         if error is not None:
             raise error
@@ -189,19 +206,23 @@ class Runner:
         return self.summary
 
     def _start(self, job: Job) -> None:
-        task = self.loop.create_task(self._attempt(job))
-        self._running[task] = job
-        task.add_done_callback(self._attempted)
+        self._running[job] = self.loop.create_task(self._attempt(job))
 
-    def _attempted(self, task: asyncio.Task[tuple[Completion, bool | None]]) -> None:
-        job = self._running.pop(task)
-        if task.cancelled():
-            return
-        if task.exception() is not None:  # not an Exception (those are outcomes): re-raise
-            self._crashed = task
+    async def _attempt(self, job: Job) -> None:
+        """One job's task: run it, then hand its outcome to the loop in ``run`` (done
+        here rather than in a done callback, which would cost a loop turn per job)."""
+        try:
+            outcome = await self._outcome(job)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:  # not an Exception (those are outcomes): run() re-raises it
+            self._crashed = asyncio.current_task()
+            raise
         else:
-            self._finished.append((job, task.result()))
-        self._wake.set()
+            self._finished.append((job, outcome))
+        finally:
+            del self._running[job]
+            self._wake.set()
 
     async def _rescue(self) -> None:
         for rescued in await self.store.job_rescue(self.clock()):
@@ -222,9 +243,11 @@ class Runner:
         self.summary.claimed += len(claimed)
         return claimed
 
-    async def _attempt(self, job: Job) -> tuple[Completion, bool | None]:
-        """Run one handler. Returns its outcome and whether it is already written
-        (True/False for handlers whose transaction wrote it, None when it still must be)."""
+    async def _outcome(self, job: Job) -> Outcome:
+        """Run one handler. Returns (completion, value, written): a success still to be
+        written is (None, its return value, None), its Completion built with the others
+        of its batch in ``_finish``; a failure is (its Completion, None, None); a handler
+        whose own transaction wrote its outcome gives (Completion, None, True or False)."""
         task = self.tasks[job.task]
         kwargs: dict[str, Any] = dict(job.args)
         if task.wants_job:
@@ -239,12 +262,12 @@ class Runner:
                     self.executor, functools.partial(task.fn, **kwargs)
                 )
         except Exception as exc:
-            return self._failed(task, job, exc), None
-        return self._succeeded(job, value), None
+            return self._failed(task, job, exc), None, None
+        return None, value, None
 
     async def _attempt_in_transaction(
         self, task: Task, job: Job, kwargs: dict[str, Any]
-    ) -> tuple[Completion, bool | None]:
+    ) -> Outcome:
         """The handler's writes and the job's completion commit in one transaction; if
         the fence refuses the completion, the handler's writes roll back with it."""
         import psycopg
@@ -254,15 +277,15 @@ class Runner:
             try:
                 async with conn.transaction():
                     value = await task.fn(**kwargs, conn=conn)
-                    completion = self._succeeded(job, value)
+                    completion = self._succeeded(job, value, self.clock())
                     if not await store.job_complete_on(conn, completion):
                         raise psycopg.Rollback()
-                    return completion, True
+                    return completion, None, True
             except Exception as exc:
-                return self._failed(task, job, exc), None
-        return completion, False
+                return self._failed(task, job, exc), None, None
+        return completion, None, False
 
-    def _succeeded(self, job: Job, value: Any) -> Completion:
+    def _succeeded(self, job: Job, value: Any, at: datetime) -> Completion:
         result_json = retry.encode_result(value)
         if value is not None and result_json is None:
             log.warning(
@@ -270,15 +293,18 @@ class Runner:
                 job.id, type(value).__name__,
                 extra={"event": "job.result_not_json", "job_id": job.id, "task": job.task},
             )
-        return retry.succeeded(job.record, result_json, self.clock())
+        return retry.succeeded(job.record, result_json, at)
 
     def _failed(self, task: Task, job: Job, exc: Exception) -> Completion:
         return retry.failed(job.record, exc, task.backoff, self.clock(), self.worker, self.rng)
 
-    async def _finish(self, outcomes: list[tuple[Job, tuple[Completion, bool | None]]]) -> None:
-        pending = [c for _, (c, written) in outcomes if written is None]
+    async def _finish(self, outcomes: list[tuple[Job, Outcome]]) -> None:
+        at = self.clock()  # when the successes of this batch are recorded as finished
+        ended = [(job, c if c is not None else self._succeeded(job, value, at), written)
+                 for job, (c, value, written) in outcomes]
+        pending = [c for _, c, written in ended if written is None]
         written_ids = await self._complete(pending) if pending else set()
-        for job, (completion, written) in outcomes:
+        for job, completion, written in ended:
             ok = written if written is not None else completion.id in written_ids
             self._account(job, completion, ok)
 
@@ -354,7 +380,7 @@ class Runner:
         interval = self.lease.total_seconds() / 3
         while True:
             await asyncio.sleep(interval)
-            jobs = list(self._running.values())
+            jobs = list(self._running)
             if not jobs:
                 continue
             try:

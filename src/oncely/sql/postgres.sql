@@ -29,7 +29,7 @@ WHERE key_hold = %(key)s AND state = 'succeeded' AND finished_at < %(retained_af
 -- Insert a job; a job already holding the same key wins and nothing is inserted.
 INSERT INTO oncely_jobs (task, queue, args, key, key_hold, priority, run_at, created_at, max_attempts, scheduled_for)
 VALUES (%(task)s, %(queue)s, %(args)s::jsonb, %(key)s, %(key)s, %(priority)s, %(run_at)s, %(now)s, %(max_attempts)s, %(scheduled_for)s)
-ON CONFLICT (key_hold) DO NOTHING
+ON CONFLICT (key_hold) WHERE key_hold IS NOT NULL DO NOTHING
 RETURNING *;
 
 -- name: job_get_by_key
@@ -48,8 +48,16 @@ RETURNING id;
 -- name: job_claim
 -- Claim up to %(limit)s due jobs of the given tasks in priority order, skipping rows
 -- another worker holds. Each claimed job gets a lease and a new fence. Returns only
--- the columns the claim did not set itself (the store fills in the rest).
-WITH picked AS (
+-- the columns the claim did not set itself (the store fills in the rest; a claimable
+-- job has no result, and errors is NULL while it has none).
+-- The picked ids go through an array, not a join: a join lets the planner choose a
+-- hash join over a scan of the whole table when its statistics are stale (they are
+-- whenever the queue moved since the last ANALYZE); id = ANY(array) is always the
+-- primary key.
+UPDATE oncely_jobs AS j
+SET state = 'running', attempt = j.attempt + 1, fence = j.fence + 1,
+    attempted_at = %(now)s, attempted_by = %(worker)s, lease_expires_at = %(lease_until)s
+WHERE j.id = ANY(ARRAY(
     SELECT id FROM oncely_jobs
     WHERE state IN ('pending', 'retrying') AND run_at <= %(now)s
       AND task = ANY(%(tasks)s::text[])
@@ -57,21 +65,19 @@ WITH picked AS (
     ORDER BY priority, run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
-)
-UPDATE oncely_jobs AS j
-SET state = 'running', attempt = j.attempt + 1, fence = j.fence + 1,
-    attempted_at = %(now)s, attempted_by = %(worker)s, lease_expires_at = %(lease_until)s
-FROM picked
-WHERE j.id = picked.id
+))
 RETURNING j.id, j.task, j.queue, j.args, j.key, j.priority, j.run_at, j.created_at, j.attempt,
-    j.max_attempts, j.fence, j.result, j.errors, j.scheduled_for;
+    j.max_attempts, j.fence, nullif(j.errors, '[]'::jsonb), j.scheduled_for;
 
 -- name: job_heartbeat
 -- Extend the leases of jobs this worker still holds; returns the ids it still holds.
-UPDATE oncely_jobs AS j SET lease_expires_at = %(lease_until)s
-FROM unnest(%(ids)s::bigint[], %(fences)s::integer[]) AS h(id, fence)
-WHERE j.id = h.id AND j.fence = h.fence AND j.state = 'running'
-RETURNING j.id;
+-- %(fences)s[i] is the fence of %(ids)s[i]. Rows are found by id = ANY (the primary
+-- key, whatever the statistics say) and each checked against its own fence by position:
+-- no join, so no plan that rescans the arrays or the table.
+UPDATE oncely_jobs SET lease_expires_at = %(lease_until)s
+WHERE id = ANY(%(ids)s::bigint[]) AND state = 'running'
+  AND fence = (%(fences)s::integer[])[array_position(%(ids)s::bigint[], id)]
+RETURNING id;
 
 -- name: job_complete
 -- Apply attempt outcomes, fenced: a row is written only while it is still running
@@ -87,7 +93,8 @@ SET state = c.state,
 FROM unnest(%(ids)s::bigint[], %(fences)s::integer[], %(states)s::text[], %(results)s::text[],
             %(errors)s::text[], %(run_ats)s::timestamptz[], %(ats)s::timestamptz[])
     AS c(id, fence, state, result, error, run_at, at)
-WHERE j.id = c.id AND j.fence = c.fence AND j.state = 'running'
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = c.id AND j.fence = c.fence
+  AND j.state = 'running'
 RETURNING j.id;
 
 -- name: job_rescue
@@ -241,9 +248,11 @@ DELETE FROM oncely_occurrences WHERE (task, scheduled_for) IN (
 -- name: job_complete_succeeded
 -- The common outcome in a lighter statement: jobs that succeeded, fenced as in
 -- job_complete, all recorded as finished at %(at)s (when the batch was written).
--- %(results)s may be NULL when no job returned anything (unnest pads it with NULLs).
-UPDATE oncely_jobs AS j
-SET state = 'succeeded', result = c.result::jsonb, finished_at = %(at)s, lease_expires_at = NULL
-FROM unnest(%(ids)s::bigint[], %(fences)s::integer[], %(results)s::text[]) AS c(id, fence, result)
-WHERE j.id = c.id AND j.fence = c.fence AND j.state = 'running'
-RETURNING j.id;
+-- Arrays by position as in job_heartbeat; %(results)s may be NULL when no job returned
+-- anything.
+UPDATE oncely_jobs
+SET state = 'succeeded', finished_at = %(at)s, lease_expires_at = NULL,
+    result = (%(results)s::jsonb[])[array_position(%(ids)s::bigint[], id)]
+WHERE id = ANY(%(ids)s::bigint[]) AND state = 'running'
+  AND fence = (%(fences)s::integer[])[array_position(%(ids)s::bigint[], id)]
+RETURNING id;

@@ -25,7 +25,7 @@ WHERE key_hold = :key AND state = 'succeeded' AND finished_at < :retained_after;
 -- Insert a job; a job already holding the same key wins and nothing is inserted.
 INSERT INTO oncely_jobs (task, queue, args, key, key_hold, priority, run_at, created_at, max_attempts, scheduled_for)
 VALUES (:task, :queue, :args, :key, :key, :priority, :run_at, :now, :max_attempts, :scheduled_for)
-ON CONFLICT (key_hold) DO NOTHING
+ON CONFLICT (key_hold) WHERE key_hold IS NOT NULL DO NOTHING
 RETURNING *;
 
 -- name: job_get_by_key
@@ -42,7 +42,8 @@ RETURNING id;
 -- Claim up to :limit due jobs of the given tasks in priority order, inside a
 -- BEGIN IMMEDIATE transaction (SQLite has one writer at a time, so no row is seen
 -- by two claimers). Each claimed job gets a lease and a new fence. Returns only the
--- columns the claim did not set itself (the store fills in the rest). INDEXED BY: left
+-- columns the claim did not set itself (the store fills in the rest; a claimable job
+-- has no result, and errors is NULL while it has none). INDEXED BY: left
 -- to itself, SQLite reads the (state, id) index and sorts every due job on each claim.
 UPDATE oncely_jobs
 SET state = 'running', attempt = attempt + 1, fence = fence + 1,
@@ -56,7 +57,7 @@ WHERE id IN (
     LIMIT :limit
 )
 RETURNING id, task, queue, args, key, priority, run_at, created_at, attempt, max_attempts, fence,
-    result, errors, scheduled_for;
+    nullif(errors, '[]'), scheduled_for;
 
 -- name: job_heartbeat
 -- Extend the lease of one job this worker still holds.

@@ -149,13 +149,15 @@ class Runner:
         self._crashed: asyncio.Task[Any] | None = None
 
     async def run(self, budget: float) -> Summary:
-        """Claim, run and complete until no job is due or the budget is spent. Writing a
-        batch's outcomes overlaps with running (and claiming) the next batch."""
+        """Claim, run and complete until no job is due or the budget is spent. Claiming
+        the next batch and writing the outcomes of the last one run in the background,
+        overlapping with the handlers and with each other."""
         started = time.monotonic()
         deadline = started + budget
         names = list(self.tasks)
         error: StoreError | None = None
         writing: asyncio.Task[None] | None = None
+        claim: asyncio.Task[list[JobRecord]] | None = None  # one at a time
         heartbeat = asyncio.create_task(self._heartbeat_forever())
         try:
             try:
@@ -163,30 +165,40 @@ class Runner:
             except StoreError as exc:
                 error = exc
             last_claim_empty = False
+            drained = False  # a claim made while nothing else was in flight found nothing
+            claimed_idle = False
             while True:
-                free = self.concurrency - len(self._running)
                 idle = not self._running and not self._finished and writing is None
-                claiming = error is None and time.monotonic() < deadline and free > 0 and (
+                if idle and claim is None and (
+                    drained or error is not None or time.monotonic() >= deadline
+                ):
+                    break
+                free = self.concurrency - len(self._running)
+                claiming = claim is None and error is None and free > 0 and (
                     idle or (not last_claim_empty and free * 2 >= self.concurrency)
-                )
+                ) and time.monotonic() < deadline
                 if claiming:
-                    try:
-                        claimed = await self._claim(names, min(free, self.batch_size))
-                    except StoreError as exc:
-                        error, claimed = exc, []
-                    last_claim_empty = not claimed
-                    for record in claimed:
-                        self._start(Job(record, self))
+                    claimed_idle = idle
+                    claim = asyncio.create_task(self._claim(names, min(free, self.batch_size)))
+                    claim.add_done_callback(self._wake_up)
                 if writing is None and self._finished:
                     writing = asyncio.create_task(self._finish(self._finished))
-                    writing.add_done_callback(lambda _: self._wake.set())
+                    writing.add_done_callback(self._wake_up)
                     self._finished = []
-                if not self._running and writing is None:
-                    break
                 await self._wake.wait()
                 self._wake.clear()
                 if self._crashed is not None:
                     self._crashed.result()
+                if claim is not None and claim.done():
+                    try:
+                        claimed = claim.result()
+                    except StoreError as exc:
+                        error, claimed = exc, []
+                    claim = None
+                    last_claim_empty = not claimed
+                    drained = not claimed and claimed_idle
+                    for record in claimed:
+                        self._start(Job(record, self))
                 if writing is not None and writing.done():
                     try:
                         writing.result()
@@ -195,7 +207,7 @@ class Runner:
                     writing = None
         finally:
             heartbeat.cancel()
-            for task in [*self._running.values(), *([writing] if writing else [])]:
+            for task in [*self._running.values(), *[t for t in (writing, claim) if t]]:
                 task.cancel()
         if error is not None:
             raise error
@@ -204,6 +216,9 @@ class Runner:
         )
         self.summary.elapsed = time.monotonic() - started
         return self.summary
+
+    def _wake_up(self, _: object) -> None:
+        self._wake.set()
 
     def _start(self, job: Job) -> None:
         self._running[job] = self.loop.create_task(self._attempt(job))

@@ -1,6 +1,6 @@
 """The benchmark harness of issue 7: oncely against its peers, on one machine, in one run.
 
-    .venv/bin/python bench/run.py [--sizes 1000,10000,100000] [--runs 3] [--top-runs 1]
+    .venv/bin/python bench/run.py [--sizes 1000,10000,100000] [--runs 3] [--top-runs 3]
                                   [--scale] [--soak SECONDS] [--admin-url URL]
     make bench-all
 
@@ -446,7 +446,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--sizes", default="1000,10000,100000", help="N values (jobs per drain)")
     p.add_argument("--runs", type=int, default=3, help=f"rounds for N <= {CAPPED} (default 3)")
-    p.add_argument("--top-runs", type=int, default=1, help=f"rounds for N > {CAPPED} (default 1)")
+    p.add_argument("--top-runs", type=int, default=3, help=f"rounds for N > {CAPPED} (default 3)")
     p.add_argument("--latency-samples", type=int, default=200)
     p.add_argument("--scale", action="store_true",
                    help="also: 1,000,000 finished + 100,000 pending vs an empty table")

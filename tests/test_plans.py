@@ -8,6 +8,7 @@ A scan here cost PostgreSQL 30 us per job at 20,000 rows and grew with the table
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -89,8 +90,6 @@ def check_postgres(conn: psycopg.Connection[Any], ids: list[int], fences: list[i
 
 
 def check_sqlite(path: str, ids: list[int], fences: list[int]) -> None:
-    import json
-
     q = queries.load("sqlite")
     conn = sqlite3.connect(path)
     try:

@@ -76,16 +76,16 @@ def render(raw: dict[str, Any]) -> str:
         out += [f"## Processing rate, N = {n:,}", "",
                 f"Best peer in this run: **{best}**.", "",
                 f"| workload | jobs/s (median) | min-max | x {best} | x plain-b100 | "
-                "CPU s / 1000 jobs (client + server) |",
-                "| --- | ---: | ---: | ---: | ---: | ---: |"]
+                "x plain-lease-b100 | CPU s / 1000 jobs (client + server) |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for name, reports in rows.items():
             rates = [r["jobs"] / r["seconds"] for r in reports]
             client = statistics.median(r["cpu_client"] / r["jobs"] * 1000 for r in reports)
             server = statistics.median(r["cpu_server"] / r["jobs"] * 1000 for r in reports)
-            vs_plain = (f"{_paired(reports, rows['plain-b100']):.2f}"
-                        if "plain-b100" in rows else "-")
+            vs_plain, vs_lease = (f"{_paired(reports, rows[p]):.2f}" if p in rows else "-"
+                                  for p in ("plain-b100", "plain-lease-b100"))
             out.append(f"| {name} | {_rate(reports):,.0f} | {min(rates):,.0f}-{max(rates):,.0f} "
-                       f"| {_paired(reports, rows[best]):.2f} | {vs_plain} | "
+                       f"| {_paired(reports, rows[best]):.2f} | {vs_plain} | {vs_lease} | "
                        f"{client:.3f} + {server:.3f} = {client + server:.3f} |")
         out.append("")
     out += _enqueue(raw, sizes), _latency(raw), _targets(raw, sizes), _extras(raw)
@@ -147,6 +147,8 @@ def _targets(raw: dict[str, Any], sizes: list[int]) -> str:
             f"{'yes' if r1 >= 1.5 else 'no'} |",
             f"| PostgreSQL rate ≥ 0.6 x plain loop, same batch (100) | {n:,} | {r2:.2f} x | "
             f"{'yes' if r2 >= 0.6 else 'no'} |",
+            f"| (the same against the plain loop with oncely's lease and fence, not a target) "
+            f"| {n:,} | {_paired(rows['oncely-pg'], rows['plain-lease-b100']):.2f} x | - |",
             f"| SQLite rate ≥ PostgreSQL rate | {n:,} | {r3:.2f} x | "
             f"{'yes' if r3 >= 1 else 'no'} |",
         ]

@@ -303,9 +303,10 @@ def _procrastinate(ctx: Context, n: int, tag: str) -> dict[str, Any]:
                  ctx.dbs.conninfo("oncely_bench_procrastinate"), n, 10)
 
 
-def _plain(batch: int) -> Callable[[Context, int, str], dict[str, Any]]:
+def _plain(batch: int, *mode: str) -> Callable[[Context, int, str], dict[str, Any]]:
     def run(ctx: Context, n: int, tag: str) -> dict[str, Any]:
-        return child(MAIN_PY, "plain.py", ctx.dbs.conninfo("oncely_bench_plain"), n, batch)
+        return child(MAIN_PY, "plain.py", ctx.dbs.conninfo("oncely_bench_plain"), n, batch,
+                     *mode)
     return run
 
 
@@ -326,6 +327,9 @@ WORKLOADS = [
              CAPPED),
     Workload("plain-b100", "postgres", "SKIP LOCKED loop, 100 jobs per transaction",
              _plain(100)),
+    Workload("plain-lease-b100", "postgres", "SKIP LOCKED loop, 100 jobs per claim, with "
+             "oncely's guarantee: the claim commits a lease and a fence, then a fenced "
+             "completion (two writes per job)", _plain(100, "lease")),
     Workload("oncely-pg-sleep10ms", "postgres", f"10 ms asyncio.sleep jobs, c{C}/b{B}",
              _oncely_pg("sleep"), CAPPED),
     Workload("oncely-sqlite-sleep10ms", "sqlite", f"10 ms asyncio.sleep jobs, c{C}/b{B}",

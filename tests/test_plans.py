@@ -93,12 +93,13 @@ def check_sqlite(path: str, ids: list[int], fences: list[int]) -> None:
     q = queries.load("sqlite")
     conn = sqlite3.connect(path)
     try:
+        claim = {"tasks": '["t"]', "queues": None, "limit": 100, "worker": "w",
+                 "now": T0.isoformat(), "lease_until": T0.isoformat()}
+        done = {"done": json.dumps([[i, f, None] for i, f in zip(ids, fences, strict=True)]),
+                "at": T0.isoformat()}
         statements = {
-            "job_claim": {"tasks": '["t"]', "queues": None, "limit": 100, "worker": "w",
-                          "now": T0.isoformat(), "lease_until": T0.isoformat()},
-            "job_complete_succeeded": {
-                "done": json.dumps([[i, f, None] for i, f in zip(ids, fences, strict=True)]),
-                "at": T0.isoformat()},
+            "job_claim_pick": claim, "job_claim": {**claim, "ids": json.dumps(ids)},
+            "job_complete_succeeded": done, "job_complete_held": done,
         }
         for name, params in statements.items():
             plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + q[name], params)]

@@ -12,7 +12,7 @@ import pytest
 
 import oncely
 from oncely.errors import SchemaTooNew
-from oncely.model import Completion, JobState, NewJob
+from oncely.model import FINAL_STATES, Completion, JobState, NewJob
 from oncely.store import Store, open_store
 
 pytestmark = pytest.mark.anyio
@@ -153,6 +153,48 @@ async def test_a_worker_paused_past_its_lease_cannot_complete_after_another_took
     assert final.state is JobState.SUCCEEDED and final.attempted_by == "b"
     [lost] = final.errors
     assert lost["worker"] == "a" and lost["attempt"] == 1 and "LeaseExpired" in lost["error"]
+
+
+async def test_a_batch_completion_writes_only_the_jobs_still_held(store: Store) -> None:
+    ids = await store.job_insert_many([new(n=i) for i in range(4)], T0)
+    claimed = await claim(store)
+    stale = claimed[1]
+    after_lease = T0 + LEASE
+    await store.job_rescue(after_lease, limit=10)  # every lease ran out ...
+    retaken = await claim(store, "b", now=after_lease, limit=10)  # ... and b took them all
+    assert sorted(j.id for j in retaken) == sorted(ids)
+    held = [j for j in retaken if j.id != stale.id]
+    batch = [done(j, at=after_lease) for j in held] + [done(stale, at=after_lease)]
+    assert await store.job_complete(batch) == {j.id for j in held}
+    assert (await store.job_get(stale.id)).state is JobState.RUNNING  # b still holds it
+
+
+async def test_finished_at_is_set_exactly_while_a_job_is_finished(store: Store) -> None:
+    seen: set[JobState] = set()
+
+    async def check() -> None:
+        for j in await store.job_list(limit=100):
+            seen.add(j.state)
+            assert (j.finished_at is not None) == (j.state in FINAL_STATES), j
+
+    ok, retrying, lost, cancelled = await store.job_insert_many(
+        [new(n=1), new(n=2), new(n=3, max_attempts=1), new(n=4)], T0)
+    await check()
+    by_id = {j.id: j for j in await claim(store)}
+    await check()
+    error = json.dumps({"attempt": 1, "error": "ValueError: boom"})
+    await store.job_complete([
+        done(by_id[ok]),
+        Completion(id=retrying, fence=by_id[retrying].fence, state=JobState.RETRYING, at=T0,
+                   error_json=error, run_at=T0 + timedelta(days=1)),
+    ])
+    await store.job_cancel(cancelled, T0)
+    await store.job_rescue(T0 + LEASE)  # lost was on its last attempt: dead
+    await check()
+    assert (await store.job_get(lost)).state is JobState.DEAD
+    await store.job_retry(lost, T0 + LEASE)
+    await check()
+    assert seen == set(JobState)
 
 
 async def test_a_heartbeat_extends_the_lease_so_the_rescuer_leaves_the_job_alone(

@@ -1,7 +1,7 @@
 """The embedded store: SQLite, for one machine.
 
 Limits, stated plainly: SQLite has one writer at a time, so claims are serialised by
-``BEGIN IMMEDIATE`` transactions (short ones: a claim is one UPDATE ... RETURNING).
+``BEGIN IMMEDIATE`` transactions (short ones: a claim is one SELECT and one UPDATE by id).
 Several processes may share one database file on one machine (WAL mode); do not put
 the file on a network file system. Durability follows ``synchronous`` (default FULL:
 a committed job survives a power loss; ``?synchronous=normal`` trades that for speed
@@ -118,6 +118,10 @@ def insert_on(
         return to_record(existing), False
     finally:
         conn.row_factory = previous
+
+
+class _Recount(Exception):
+    """A batch completion wrote fewer jobs than it held: roll back and count them."""
 
 
 class SQLiteStore:
@@ -291,19 +295,22 @@ class SQLiteStore:
             "limit": limit, "worker": worker, "now": ts(now), "lease_until": ts(lease_until),
         }
 
-        def claim(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+        def claim(conn: sqlite3.Connection) -> str:
             cur = conn.cursor()
             cur.row_factory = None
-            return cur.execute(Q["job_claim"], params).fetchall()
+            ids, picked = cur.execute(Q["job_claim_pick"], params).fetchone()
+            if ids != "[]":
+                cur.execute(Q["job_claim"], {**params, "ids": ids})
+            return str(picked)
 
-        rows = await self._write(claim)
-        # the columns job_claim returns, in order; the rest are what the claim set
-        running, loads, parse = JobState.RUNNING, json.loads, datetime.fromisoformat
+        rows = json.loads(await self._write(claim))
+        # the columns job_claim_pick returns, in order; the rest are what the claim set
+        running, parse = JobState.RUNNING, datetime.fromisoformat
         jobs = [
-            JobRecord(id=i, task=t, queue=q, args=loads(a), key=k, state=running, priority=p,
+            JobRecord(id=i, task=t, queue=q, args=a, key=k, state=running, priority=p,
                       run_at=parse(r), created_at=parse(c), attempt=n, max_attempts=m, fence=f,
                       attempted_at=now, attempted_by=worker, lease_expires_at=lease_until,
-                      finished_at=None, result=None, errors=loads(e) if e is not None else [],
+                      finished_at=None, result=None, errors=e if e is not None else [],
                       scheduled_for=_dt(s))
             for i, t, q, a, k, p, r, c, n, m, f, e, s in rows
         ]
@@ -334,11 +341,18 @@ class SQLiteStore:
         done = json.dumps([[c.id, c.fence, c.result_json] for c in ok])
         at = ts(max(c.at for c in ok)) if ok else None
 
-        def complete(conn: sqlite3.Connection) -> set[int]:
+        def complete(conn: sqlite3.Connection, exact: bool) -> set[int]:
             written: set[int] = set()
             if ok:
-                rows = conn.execute(Q["job_complete_succeeded"], {"done": done, "at": at})
-                written.update(r[0] for r in rows)
+                params = {"done": done, "at": at}
+                if exact:
+                    held = conn.execute(Q["job_complete_held"], params).fetchone()[0]
+                    written.update(json.loads(held))
+                    conn.execute(Q["job_complete_succeeded"], params)
+                elif conn.execute(Q["job_complete_succeeded"], params).rowcount == len(ok):
+                    written.update(c.id for c in ok)
+                else:  # some job lost its lease: undo, and ask which are held first
+                    raise _Recount
             for c in rest:
                 cur = conn.execute(Q["job_complete"], {
                     "id": c.id, "fence": c.fence, "state": str(c.state), "result": c.result_json,
@@ -349,7 +363,10 @@ class SQLiteStore:
                     written.add(c.id)
             return written
 
-        return await self._write(complete)
+        try:
+            return await self._write(lambda conn: complete(conn, exact=False))
+        except _Recount:
+            return await self._write(lambda conn: complete(conn, exact=True))
 
     async def job_rescue(self, now: datetime, limit: int = 1000) -> list[Rescued]:
         def rescue(conn: sqlite3.Connection) -> list[Rescued]:

@@ -225,9 +225,11 @@ SELECT
 
 -- name: job_prune
 -- Delete finished jobs older than the retention window, a bounded batch at a time.
+-- finished_at is set exactly while a job is succeeded, dead or cancelled (the finished
+-- index's predicate, which the comparison implies).
 DELETE FROM oncely_jobs WHERE id IN (
     SELECT id FROM oncely_jobs
-    WHERE state IN ('succeeded', 'dead', 'cancelled') AND finished_at < %(before)s
+    WHERE finished_at < %(before)s
     LIMIT %(limit)s
 );
 

@@ -38,26 +38,33 @@ INSERT INTO oncely_jobs (task, queue, args, priority, run_at, created_at, max_at
 VALUES (:task, :queue, :args, :priority, :run_at, :now, :max_attempts)
 RETURNING id;
 
+-- name: job_claim_pick
+-- The first half of a claim, inside a BEGIN IMMEDIATE transaction (SQLite has one
+-- writer at a time, so no row is seen by two claimers): up to :limit due jobs of the
+-- given tasks in priority order. Returns one row: the picked ids and the picked jobs,
+-- each a JSON array, with attempt and fence as job_claim sets them; the store fills in
+-- the rest (a claimable job has no result, and errors is null while it has none).
+-- One row, not one per job: the sqlite3 module releases and retakes the GIL around
+-- every step, and each retake waits for the event loop thread (bench/README.md).
+-- INDEXED BY: left to itself, SQLite reads another index and sorts every due job.
+SELECT json_group_array(id),
+       json_group_array(json_array(id, task, queue, json(args), key, priority, run_at,
+                                   created_at, attempt + 1, max_attempts, fence + 1,
+                                   json(nullif(errors, '[]')), scheduled_for))
+FROM (SELECT * FROM oncely_jobs INDEXED BY oncely_jobs_due
+      WHERE state IN ('pending', 'retrying') AND run_at <= :now
+        AND task IN (SELECT value FROM json_each(:tasks))
+        AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
+      ORDER BY priority, run_at, id
+      LIMIT :limit);
+
 -- name: job_claim
--- Claim up to :limit due jobs of the given tasks in priority order, inside a
--- BEGIN IMMEDIATE transaction (SQLite has one writer at a time, so no row is seen
--- by two claimers). Each claimed job gets a lease and a new fence. Returns only the
--- columns the claim did not set itself (the store fills in the rest; a claimable job
--- has no result, and errors is NULL while it has none). INDEXED BY: left
--- to itself, SQLite reads the (state, id) index and sorts every due job on each claim.
+-- The second half, in the same transaction: the picked jobs (:ids, a JSON array) get a
+-- lease and a new fence.
 UPDATE oncely_jobs
 SET state = 'running', attempt = attempt + 1, fence = fence + 1,
     attempted_at = :now, attempted_by = :worker, lease_expires_at = :lease_until
-WHERE id IN (
-    SELECT id FROM oncely_jobs INDEXED BY oncely_jobs_due
-    WHERE state IN ('pending', 'retrying') AND run_at <= :now
-      AND task IN (SELECT value FROM json_each(:tasks))
-      AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
-    ORDER BY priority, run_at, id
-    LIMIT :limit
-)
-RETURNING id, task, queue, args, key, priority, run_at, created_at, attempt, max_attempts, fence,
-    nullif(errors, '[]'), scheduled_for;
+WHERE id IN (SELECT value FROM json_each(:ids));
 
 -- name: job_heartbeat
 -- Extend the lease of one job this worker still holds.
@@ -202,9 +209,11 @@ SELECT
 
 -- name: job_prune
 -- Delete finished jobs older than the retention window, a bounded batch at a time.
+-- finished_at is set exactly while a job is succeeded, dead or cancelled (the finished
+-- index's predicate, which the comparison implies).
 DELETE FROM oncely_jobs WHERE id IN (
     SELECT id FROM oncely_jobs
-    WHERE state IN ('succeeded', 'dead', 'cancelled') AND finished_at < :before
+    WHERE finished_at < :before
     LIMIT :limit
 );
 
@@ -224,13 +233,23 @@ DELETE FROM oncely_occurrences WHERE (task, scheduled_for) IN (
 
 -- name: job_complete_succeeded
 -- The common outcome in one statement for a batch: jobs that succeeded, fenced as in
--- job_complete. :done is a JSON array of [id, fence, result JSON or null]. Returns the
--- ids written; the others lost their lease. (The + keeps the planner off the state
--- index, so it looks the batch up by id instead of scanning every running row.)
+-- job_complete. :done is a JSON array of [id, fence, result JSON or null]. No RETURNING
+-- (a step per row, each retaking the GIL): when changes() is the batch's size every
+-- job was written; otherwise the store rolls back and asks job_complete_held first.
+-- (The + keeps the planner off the state index, so it looks the batch up by id instead
+-- of scanning every running row.)
 UPDATE oncely_jobs
 SET state = 'succeeded', result = c.result, finished_at = :at, lease_expires_at = NULL
 FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS fence,
              json_extract(value, '$[2]') AS result
       FROM json_each(:done)) AS c
-WHERE oncely_jobs.id = c.id AND oncely_jobs.fence = c.fence AND +oncely_jobs.state = 'running'
-RETURNING oncely_jobs.id;
+WHERE oncely_jobs.id = c.id AND oncely_jobs.fence = c.fence AND +oncely_jobs.state = 'running';
+
+-- name: job_complete_held
+-- The jobs of :done still running under their fence: the ones job_complete_succeeded
+-- will write, asked in its transaction just before it when some job lost its lease.
+SELECT json_group_array(oncely_jobs.id)
+FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS fence
+      FROM json_each(:done)) AS c
+JOIN oncely_jobs ON oncely_jobs.id = c.id
+WHERE oncely_jobs.fence = c.fence AND +oncely_jobs.state = 'running';

@@ -200,13 +200,15 @@ def plots(raw: dict[str, Any], where: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(9, 5))
     names = [w["name"] for w in raw["workloads"]]
-    for name in names:
+    colors = plt.get_cmap("tab20").colors  # one colour per workload (the default has 10)
+    for i, name in enumerate(names):
         points = sorted((int(n), _rate(rows[name])) for n, rows in raw["rates"].items()
                         if name in rows)
         if points:
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name,
+                    color=colors[(2 * i) % 20 + (2 * i) // 20 % 2],
                     linestyle="--" if not name.startswith("oncely") else "-")
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -214,7 +216,7 @@ def plots(raw: dict[str, Any], where: Path) -> None:
     ax.set_ylabel("jobs/s (median)")
     ax.set_title(f"Processing rate vs N ({raw['machine']['nproc']} cores, same run)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(where / "rate_vs_n.png", dpi=110)
     plt.close(fig)

@@ -46,8 +46,13 @@ def start(store_url: str, ledger: str, n: int, tmp_path: Path, **env: str) -> li
     environ = env_with(ONCELY_STORE=store_url, LEDGER=ledger, ONCELY_TOKENS=TOKEN,
                        TMPDIR=str(tmp_path), **env)
     replicas = [ServeProcess(environ) for _ in range(n)]
-    for r in replicas:
-        r.wait_ready()
+    try:
+        for r in replicas:
+            r.wait_ready()
+    except BaseException:
+        for r in replicas:  # none left running when one did not come up
+            r.stop()
+        raise
     return replicas
 
 

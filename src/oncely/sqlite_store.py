@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -214,7 +215,7 @@ class SQLiteStore:
                 raise StoreUnavailable(f"cannot open SQLite database {self.path!r}: {exc}") from exc
             conn.row_factory = sqlite3.Row
             if self.path != ":memory:":
-                conn.execute("PRAGMA journal_mode=WAL")
+                self._wal(conn)
             conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
             return conn
 
@@ -225,6 +226,24 @@ class SQLiteStore:
         except BaseException:
             await self.close()
             raise
+
+    def _wal(self, conn: sqlite3.Connection) -> None:
+        """Switch to WAL. The switch needs an exclusive lock and SQLite answers "locked"
+        at once, without its busy handler, while another process holds the file open in
+        rollback mode (replicas starting together on a new file): retry within the busy
+        timeout."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    conn.close()
+                    raise StoreUnavailable(
+                        f"cannot switch SQLite database {self.path!r} to WAL mode: {exc}"
+                    ) from exc
+                time.sleep(0.01)
 
     def _needs_migration(self, conn: sqlite3.Connection) -> bool:
         """Read-only, so opening a migrated database takes no write lock (a caller that

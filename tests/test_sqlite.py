@@ -1,9 +1,11 @@
-"""Upgrading an existing SQLite database: migration 0006 rebuilds the jobs table (a CHECK
-cannot be altered in SQLite) and must keep every row, every index and the id counter."""
+"""SQLite-only behaviour of the store: opening a file another process holds, and upgrading
+an existing database (migration 0006 rebuilds the jobs table, since a CHECK cannot be
+altered in SQLite, and must keep every row, every index and the id counter)."""
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,6 +16,30 @@ from oncely import Oncely, queries
 
 async def noop() -> None:
     pass
+
+
+def test_opening_waits_while_another_process_holds_the_file_in_rollback_mode(
+    tmp_path: Path,
+) -> None:
+    # Replicas starting together on a new file: one still writes to it in rollback mode
+    # when another switches it to WAL, which SQLite refuses at once, busy timeout or not
+    # (waiting could deadlock the two).
+    path = tmp_path / "new.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN IMMEDIATE")  # a write lock, rollback journal mode
+    with pytest.raises(sqlite3.OperationalError, match="locked"):  # what SQLite does
+        sqlite3.connect(path, timeout=5).execute("PRAGMA journal_mode=WAL")
+    release = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
+    release.start()
+    try:
+        with Oncely(f"sqlite:///{path}?busy_timeout=5", environ={}) as app:
+            known = len(queries.migrations("sqlite"))
+            assert app.migrate() == (known, known)
+    finally:
+        release.join()
+        holder.close()
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
 def test_the_table_rebuild_keeps_rows_indexes_and_the_id_counter(tmp_path: Path) -> None:

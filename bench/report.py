@@ -51,8 +51,8 @@ def render(raw: dict[str, Any]) -> str:
         f"{raw['wall_seconds'] / 60:.1f} min; load average before "
         f"{m.get('load_before', ['?'])[0]:.2f}, after {m.get('load_after', ['?'])[0]:.2f}",
         f"- rounds: {args['runs']} for N <= 10,000, {args['top_runs']} for larger N; "
-        "Procrastinate, the one-job loop and the sleep jobs stop at N = 10,000 (they take "
-        "minutes per round beyond that)",
+        "Procrastinate and the one-job loop stop at N = 10,000 (they take minutes per round "
+        "beyond that)",
         "- Other engineers may use this machine and this PostgreSQL server at the same time: "
         "absolute rates move ±30% between rounds; the ratios are the figures to quote.",
         "",

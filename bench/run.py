@@ -331,9 +331,9 @@ WORKLOADS = [
              "oncely's guarantee: the claim commits a lease and a fence, then a fenced "
              "completion (two writes per job)", _plain(100, "lease")),
     Workload("oncely-pg-sleep10ms", "postgres", f"10 ms asyncio.sleep jobs, c{C}/b{B}",
-             _oncely_pg("sleep"), CAPPED),
+             _oncely_pg("sleep")),
     Workload("oncely-sqlite-sleep10ms", "sqlite", f"10 ms asyncio.sleep jobs, c{C}/b{B}",
-             _oncely_sqlite("sleep"), CAPPED),
+             _oncely_sqlite("sleep")),
 ]
 PEER_DBS = ("oncely_bench_pgqueuer", "oncely_bench_procrastinate", "oncely_bench_plain")
 
